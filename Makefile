@@ -1,0 +1,87 @@
+# Gateway build. `make` builds everything; `make deps` installs Debian packages;
+# `make run` starts the stack; `make test` runs selftests and integration tests;
+# `make asan` / `make test-asan` do the same with AddressSanitizer + UBSan.
+
+CC ?= gcc
+SANITIZE ?=
+ifeq ($(SANITIZE),1)
+  BIN := bin-asan
+  OBJ := obj-asan
+  OPT := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+  BIN := bin
+  OBJ := obj
+  OPT := -O2 -g
+endif
+
+CFLAGS += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror $(OPT) -Iproto -Ilib -MMD -MP
+LDFLAGS += $(OPT)
+LIBS := -lczmq -lzmq -lmicrohttpd -lcurl -ljansson -lmsgpackc -lm -lpthread
+
+LIB_SRC := $(wildcard lib/*.c) $(wildcard proto/*.c)
+INGRESS_SRC := $(filter-out %/main.c,$(wildcard services/ingress/*.c))
+DISPATCHER_SRC := $(filter-out %/main.c,$(wildcard services/dispatcher/*.c))
+MOCK_SRC := $(wildcard tools/mock-upstream/*.c)
+
+obj_of = $(patsubst %.c,$(OBJ)/%.o,$(1))
+
+PROGRAMS := $(BIN)/ingress $(BIN)/dispatcher $(BIN)/mock-upstream $(BIN)/gw-selftest
+
+DEB_PACKAGES := build-essential pkg-config libczmq-dev libzmq3-dev libmicrohttpd-dev \
+  libcurl4-openssl-dev libjansson-dev libmsgpack-dev python3 curl
+
+.PHONY: all deps run test test-asan asan selftest clean
+all: $(PROGRAMS)
+
+$(OBJ)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BIN)/ingress: $(call obj_of,services/ingress/main.c $(INGRESS_SRC) $(LIB_SRC))
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BIN)/dispatcher: $(call obj_of,services/dispatcher/main.c $(DISPATCHER_SRC) $(LIB_SRC))
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BIN)/mock-upstream: $(call obj_of,$(MOCK_SRC))
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ -lmicrohttpd -ljansson -lpthread -lm
+
+$(BIN)/gw-selftest: $(call obj_of,tests/selftest.c $(INGRESS_SRC) $(DISPATCHER_SRC) $(LIB_SRC))
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(OBJ)/tests/selftest.o: CFLAGS += -Iservices/ingress -Iservices/dispatcher
+
+# Installs only what is missing, so it is quick and quiet on a ready machine.
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	else echo "deps: all Debian packages present"; fi
+
+run: deps all
+	@tools/run-stack
+
+selftest: $(BIN)/gw-selftest $(BIN)/mock-upstream
+	$(BIN)/gw-selftest
+	$(BIN)/mock-upstream --selftest
+
+test: deps all
+	@python3 tests/run.py --bin $(BIN)
+
+asan:
+	$(MAKE) SANITIZE=1 all
+
+test-asan: deps
+	$(MAKE) SANITIZE=1 all
+	@python3 tests/run.py --bin bin-asan
+
+clean:
+	rm -rf bin bin-asan obj obj-asan
+
+-include $(shell find obj obj-asan -name '*.d' 2>/dev/null)

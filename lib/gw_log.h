@@ -1,0 +1,20 @@
+/*  gw_log.h: one-line, key=value log records on stderr, shared by every service. */
+#ifndef GW_LOG_H_INCLUDED
+#define GW_LOG_H_INCLUDED
+
+typedef enum { GW_LOG_DEBUG, GW_LOG_INFO, GW_LOG_WARN, GW_LOG_ERROR } gw_log_level_t;
+
+/*  Reads GW_LOG_LEVEL (debug|info|warn|error, default info) and names the
+    service in every line. Call once at start. */
+void gw_log_init (const char *service);
+
+/*  Logs "ts level service module: message" when level is enabled. */
+void gw_log (gw_log_level_t level, const char *module, const char *fmt, ...)
+    __attribute__ ((format (printf, 3, 4)));
+
+#define gw_debug(module, ...) gw_log (GW_LOG_DEBUG, module, __VA_ARGS__)
+#define gw_info(module, ...) gw_log (GW_LOG_INFO, module, __VA_ARGS__)
+#define gw_warn(module, ...) gw_log (GW_LOG_WARN, module, __VA_ARGS__)
+#define gw_error(module, ...) gw_log (GW_LOG_ERROR, module, __VA_ARGS__)
+
+#endif

@@ -1,0 +1,517 @@
+/*  gw_proto.c: msgpack codec for the messages of gw_messages.h, derived by X-macros. */
+#include "gw_proto.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <msgpack.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+/* ---- packing: one function per field type ---- */
+
+static void
+s_pack_U32 (msgpack_packer *pk, uint32_t v)
+{
+    msgpack_pack_uint32 (pk, v);
+}
+
+static void
+s_pack_U64 (msgpack_packer *pk, uint64_t v)
+{
+    msgpack_pack_uint64 (pk, v);
+}
+
+static void
+s_pack_BOOL (msgpack_packer *pk, bool v)
+{
+    if (v)
+        msgpack_pack_true (pk);
+    else
+        msgpack_pack_false (pk);
+}
+
+static void
+s_pack_STR (msgpack_packer *pk, const char *v)
+{
+    size_t len = v ? strlen (v) : 0;
+    msgpack_pack_str (pk, len);
+    msgpack_pack_str_body (pk, v ? v : "", len);
+}
+
+static void
+s_pack_BIN (msgpack_packer *pk, gw_bin_t v)
+{
+    msgpack_pack_bin (pk, v.size);
+    msgpack_pack_bin_body (pk, v.data, v.size);
+}
+
+static void
+s_pack_STRLIST (msgpack_packer *pk, gw_strlist_t v)
+{
+    msgpack_pack_array (pk, v.count);
+    for (size_t i = 0; i < v.count; i++)
+        s_pack_STR (pk, v.items[i]);
+}
+
+/* ---- unpacking: each returns 0 or -1 and never trusts the input ---- */
+
+static int
+s_unpack_U32 (const msgpack_object *o, uint32_t *v)
+{
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 > UINT32_MAX)
+        return -1;
+    *v = (uint32_t) o->via.u64;
+    return 0;
+}
+
+static int
+s_unpack_U64 (const msgpack_object *o, uint64_t *v)
+{
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return -1;
+    *v = o->via.u64;
+    return 0;
+}
+
+static int
+s_unpack_BOOL (const msgpack_object *o, bool *v)
+{
+    if (o->type != MSGPACK_OBJECT_BOOLEAN)
+        return -1;
+    *v = o->via.boolean;
+    return 0;
+}
+
+static int
+s_unpack_STR (const msgpack_object *o, char **v)
+{
+    if (o->type != MSGPACK_OBJECT_STR)
+        return -1;
+    //  Strings travel without a terminator; a NUL inside would truncate them
+    //  silently on use, so it is refused here.
+    if (memchr (o->via.str.ptr, 0, o->via.str.size))
+        return -1;
+    char *s = malloc (o->via.str.size + 1);
+    if (!s)
+        return -1;
+    memcpy (s, o->via.str.ptr, o->via.str.size);
+    s[o->via.str.size] = 0;
+    *v = s;
+    return 0;
+}
+
+static int
+s_unpack_BIN (const msgpack_object *o, gw_bin_t *v)
+{
+    if (o->type != MSGPACK_OBJECT_BIN)
+        return -1;
+    //  One spare byte keeps the data NUL-terminated for text users (JSON bodies).
+    uint8_t *d = malloc (o->via.bin.size + 1);
+    if (!d)
+        return -1;
+    memcpy (d, o->via.bin.ptr, o->via.bin.size);
+    d[o->via.bin.size] = 0;
+    v->data = d;
+    v->size = o->via.bin.size;
+    return 0;
+}
+
+static int
+s_unpack_STRLIST (const msgpack_object *o, gw_strlist_t *v)
+{
+    if (o->type != MSGPACK_OBJECT_ARRAY)
+        return -1;
+    v->items = calloc (o->via.array.size + 1, sizeof (char *));
+    if (!v->items)
+        return -1;
+    for (uint32_t i = 0; i < o->via.array.size; i++) {
+        if (s_unpack_STR (&o->via.array.ptr[i], &v->items[i]))
+            return -1;
+        v->count++;
+    }
+    return 0;
+}
+
+/* ---- freeing ---- */
+
+static void
+s_free_U32 (uint32_t *v)
+{
+    *v = 0;
+}
+
+static void
+s_free_U64 (uint64_t *v)
+{
+    *v = 0;
+}
+
+static void
+s_free_BOOL (bool *v)
+{
+    *v = false;
+}
+
+static void
+s_free_STR (char **v)
+{
+    free (*v);
+    *v = NULL;
+}
+
+static void
+s_free_BIN (gw_bin_t *v)
+{
+    free (v->data);
+    v->data = NULL;
+    v->size = 0;
+}
+
+static void
+s_free_STRLIST (gw_strlist_t *v)
+{
+    gw_strlist_clear (v);
+}
+
+/* ---- per-message functions, generated ---- */
+
+#define GW_COUNT_FIELD(type, field, desc) +1
+#define GW_PACK_FIELD(type, field, desc) s_pack_##type (pk, m->field);
+#define GW_UNPACK_FIELD(type, field, desc)                                          \
+    if (s_unpack_##type (&f[i++], &m->field))                                       \
+        return -1;
+#define GW_FREE_FIELD(type, field, desc) s_free_##type (&m->field);
+
+#define GW_MESSAGE_FUNCS(NAME, num, name, desc)                                      \
+    enum { s_##name##_nfields = 0 GW_##NAME##_FIELDS (GW_COUNT_FIELD) };            \
+    static void s_pack_##name (msgpack_packer *pk, const gw_##name##_t *m)          \
+    {                                                                               \
+        msgpack_pack_array (pk, 2 + s_##name##_nfields);                            \
+        msgpack_pack_uint32 (pk, GW_PROTO_VERSION);                                 \
+        msgpack_pack_uint32 (pk, num);                                               \
+        GW_##NAME##_FIELDS (GW_PACK_FIELD)                                          \
+    }                                                                               \
+    static int s_unpack_##name (const msgpack_object *f, uint32_t n, gw_##name##_t *m) \
+    {                                                                               \
+        uint32_t i = 0;                                                             \
+        if (n < s_##name##_nfields)                                                 \
+            return -1;                                                              \
+        GW_##NAME##_FIELDS (GW_UNPACK_FIELD)                                        \
+        (void) i;                                                                   \
+        return 0;                                                                   \
+    }                                                                               \
+    static void s_free_##name (gw_##name##_t *m)                                    \
+    {                                                                               \
+        GW_##NAME##_FIELDS (GW_FREE_FIELD)                                          \
+    }
+GW_MESSAGES (GW_MESSAGE_FUNCS)
+#undef GW_MESSAGE_FUNCS
+
+const char *
+gw_msg_name (int id)
+{
+    switch (id) {
+#define GW_NAME_CASE(NAME, num, name, desc)                                          \
+    case num:                                                                        \
+        return #NAME;
+        GW_MESSAGES (GW_NAME_CASE)
+#undef GW_NAME_CASE
+    }
+    return "?";
+}
+
+int
+gw_msg_encode (const gw_msg_t *msg, char **data_p, size_t *size_p)
+{
+    msgpack_sbuffer sbuf;
+    msgpack_packer pk;
+    msgpack_sbuffer_init (&sbuf);
+    msgpack_packer_init (&pk, &sbuf, msgpack_sbuffer_write);
+    switch (msg->id) {
+#define GW_PACK_CASE(NAME, num, name, desc)                                          \
+    case GW_MSG_##NAME:                                                             \
+        s_pack_##name (&pk, &msg->name);                                            \
+        break;
+        GW_MESSAGES (GW_PACK_CASE)
+#undef GW_PACK_CASE
+    default:
+        msgpack_sbuffer_destroy (&sbuf);
+        return -1;
+    }
+    //  msgpack-c's sbuffer aborts on nothing; a NULL data means allocation failed.
+    if (!sbuf.data)
+        return -1;
+    *data_p = sbuf.data;
+    *size_p = sbuf.size;
+    return 0;
+}
+
+static gw_decode_t
+s_fail (gw_msg_t *msg, gw_decode_t rc, char *err, size_t errlen, const char *fmt, ...)
+{
+    gw_msg_clear (msg);
+    if (err && errlen) {
+        va_list ap;
+        va_start (ap, fmt);
+        vsnprintf (err, errlen, fmt, ap);
+        va_end (ap);
+    }
+    return rc;
+}
+
+gw_decode_t
+gw_msg_decode (const void *data, size_t size, gw_msg_t *msg, char *err, size_t errlen)
+{
+    memset (msg, 0, sizeof *msg);
+    if (!data || size == 0 || size > GW_PROTO_MAX_SIZE)
+        return s_fail (msg, GW_DECODE_MALFORMED, err, errlen, "size %zu out of range", size);
+
+    msgpack_unpacked result;
+    msgpack_unpacked_init (&result);
+    size_t off = 0;
+    msgpack_unpack_return rc = msgpack_unpack_next (&result, data, size, &off);
+    gw_decode_t status = GW_DECODE_OK;
+    const char *why = NULL;
+    if (rc != MSGPACK_UNPACK_SUCCESS || off != size)
+        why = "not one msgpack object";
+    else if (result.data.type != MSGPACK_OBJECT_ARRAY || result.data.via.array.size < 2)
+        why = "not an array of at least 2";
+    else {
+        const msgpack_object *f = result.data.via.array.ptr;
+        uint32_t n = result.data.via.array.size - 2;
+        uint32_t version = 0, id = 0;
+        if (s_unpack_U32 (&f[0], &version) || s_unpack_U32 (&f[1], &id))
+            why = "bad header";
+        else if (version != GW_PROTO_VERSION) {
+            status = GW_DECODE_VERSION;
+            why = "protocol version mismatch";
+        }
+        else {
+            msg->id = (gw_msg_id_t) id;
+            int frc = -1;
+            switch (id) {
+#define GW_UNPACK_CASE(NAME, num, name, desc)                                        \
+    case GW_MSG_##NAME:                                                             \
+        frc = s_unpack_##name (f + 2, n, &msg->name);                               \
+        break;
+                GW_MESSAGES (GW_UNPACK_CASE)
+#undef GW_UNPACK_CASE
+            }
+            if (frc)
+                why = "bad fields";
+        }
+    }
+    msgpack_unpacked_destroy (&result);
+    if (why)
+        return s_fail (msg, status ? status : GW_DECODE_MALFORMED, err, errlen, "%s", why);
+    return GW_DECODE_OK;
+}
+
+void
+gw_msg_clear (gw_msg_t *msg)
+{
+    switch (msg->id) {
+#define GW_FREE_CASE(NAME, num, name, desc)                                          \
+    case GW_MSG_##NAME:                                                             \
+        s_free_##name (&msg->name);                                                 \
+        break;
+        GW_MESSAGES (GW_FREE_CASE)
+#undef GW_FREE_CASE
+    }
+    memset (msg, 0, sizeof *msg);
+}
+
+static void
+s_free_buffer (void *data, void *hint)
+{
+    (void) hint;
+    free (data);
+}
+
+int
+gw_msg_send (void *socket, const void *routing_id, size_t routing_id_size, const gw_msg_t *msg)
+{
+    char *data;
+    size_t size;
+    if (gw_msg_encode (msg, &data, &size))
+        return -1;
+    if (routing_id && zmq_send (socket, routing_id, routing_id_size, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        free (data);
+        return -1;
+    }
+    //  Hand the buffer to libzmq instead of copying it: chunks can be large.
+    zmq_msg_t frame;
+    if (zmq_msg_init_data (&frame, data, size, s_free_buffer, NULL)) {
+        free (data);
+        return -1;
+    }
+    if (zmq_msg_send (&frame, socket, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close (&frame);
+        return -1;
+    }
+    return 0;
+}
+
+gw_decode_t
+gw_msg_recv (void *socket, void *routing_id, size_t *routing_id_size, gw_msg_t *msg)
+{
+    memset (msg, 0, sizeof *msg);
+    zmq_msg_t frame;
+    zmq_msg_init (&frame);
+    if (routing_id) {
+        if (zmq_msg_recv (&frame, socket, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close (&frame);
+            return GW_DECODE_INTERRUPTED;
+        }
+        size_t n = zmq_msg_size (&frame);
+        if (n > 255)
+            n = 255;
+        memcpy (routing_id, zmq_msg_data (&frame), n);
+        *routing_id_size = n;
+        if (!zmq_msg_more (&frame)) {
+            zmq_msg_close (&frame);
+            return GW_DECODE_MALFORMED;
+        }
+    }
+    if (zmq_msg_recv (&frame, socket, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close (&frame);
+        return GW_DECODE_INTERRUPTED;
+    }
+    //  Extra frames are not part of the protocol: drain them so the next
+    //  receive starts at a message boundary, then refuse the message.
+    bool extra = zmq_msg_more (&frame);
+    gw_decode_t rc = extra ? GW_DECODE_MALFORMED
+                           : gw_msg_decode (zmq_msg_data (&frame), zmq_msg_size (&frame), msg, NULL, 0);
+    while (zmq_msg_more (&frame) && zmq_msg_recv (&frame, socket, ZMQ_DONTWAIT) >= 0)
+        ;
+    zmq_msg_close (&frame);
+    return rc;
+}
+
+int
+gw_strlist_append (gw_strlist_t *list, const char *s)
+{
+    char **items = realloc (list->items, (list->count + 2) * sizeof (char *));
+    if (!items)
+        return -1;
+    list->items = items;
+    items[list->count] = strdup (s);
+    if (!items[list->count])
+        return -1;
+    items[++list->count] = NULL;
+    return 0;
+}
+
+void
+gw_strlist_clear (gw_strlist_t *list)
+{
+    for (size_t i = 0; i < list->count; i++)
+        free (list->items[i]);
+    free (list->items);
+    list->items = NULL;
+    list->count = 0;
+}
+
+/* ---- selftest ---- */
+
+static void
+s_roundtrip (const gw_msg_t *in, gw_msg_t *out)
+{
+    char *data;
+    size_t size;
+    int rc = gw_msg_encode (in, &data, &size);
+    assert (rc == 0);
+    gw_decode_t d = gw_msg_decode (data, size, out, NULL, 0);
+    assert (d == GW_DECODE_OK);
+    assert (out->id == in->id);
+    free (data);
+}
+
+void
+gw_proto_test (bool verbose)
+{
+    if (verbose)
+        printf (" * gw_proto: ");
+
+    //  Every message round-trips with its fields intact.
+    gw_msg_t in = { .id = GW_MSG_HELLO }, out;
+    in.hello.dispatcher_id = "d-1";
+    in.hello.credits = 128;
+    gw_strlist_append (&in.hello.models, "deepseek-chat");
+    gw_strlist_append (&in.hello.models, "deepseek-reasoner");
+    s_roundtrip (&in, &out);
+    assert (strcmp (out.hello.dispatcher_id, "d-1") == 0);
+    assert (out.hello.credits == 128);
+    assert (out.hello.models.count == 2);
+    assert (strcmp (out.hello.models.items[1], "deepseek-reasoner") == 0);
+    assert (out.hello.owners.count == 0);
+    gw_strlist_clear (&in.hello.models);
+    gw_msg_clear (&out);
+
+    uint8_t body[] = "{\"model\":\"deepseek-chat\"}";
+    in = (gw_msg_t) { .id = GW_MSG_JOB };
+    in.job.job_id = UINT64_MAX;
+    in.job.request_id = "req-abc";
+    in.job.stream = true;
+    in.job.body = (gw_bin_t) { body, sizeof body - 1 };
+    s_roundtrip (&in, &out);
+    assert (out.job.job_id == UINT64_MAX);
+    assert (out.job.stream && !out.job.client_usage);
+    assert (out.job.body.size == sizeof body - 1);
+    assert (memcmp (out.job.body.data, body, sizeof body) == 0);
+    assert (strcmp (out.job.model, "") == 0);
+    gw_msg_clear (&out);
+    gw_msg_clear (&out);
+
+#define GW_TEST_EMPTY(NAME, num, name, desc)                                         \
+    in = (gw_msg_t) { .id = GW_MSG_##NAME };                                        \
+    s_roundtrip (&in, &out);                                                        \
+    assert (strcmp (gw_msg_name (out.id), #NAME) == 0);                             \
+    gw_msg_clear (&out);
+    GW_MESSAGES (GW_TEST_EMPTY)
+#undef GW_TEST_EMPTY
+
+    //  Wrong version is told apart from garbage.
+    char *data;
+    size_t size;
+    in = (gw_msg_t) { .id = GW_MSG_CREDIT, .credit = { 5 } };
+    gw_msg_encode (&in, &data, &size);
+    assert (data[1] == GW_PROTO_VERSION);
+    data[1] = GW_PROTO_VERSION + 1;
+    char err[64];
+    assert (gw_msg_decode (data, size, &out, err, sizeof err) == GW_DECODE_VERSION);
+    data[1] = GW_PROTO_VERSION;
+    //  Every truncation and every single-byte corruption decodes or fails cleanly.
+    for (size_t cut = 0; cut < size; cut++)
+        assert (gw_msg_decode (data, cut, &out, NULL, 0) != GW_DECODE_OK);
+    for (size_t pos = 0; pos < size; pos++)
+        for (int v = 0; v < 256; v++) {
+            char saved = data[pos];
+            data[pos] = (char) v;
+            if (gw_msg_decode (data, size, &out, NULL, 0) == GW_DECODE_OK)
+                gw_msg_clear (&out);
+            data[pos] = saved;
+        }
+    free (data);
+
+    //  Arbitrary bytes never crash (a cheap in-process fuzz; see tests/ for libFuzzer).
+    unsigned seed = 12345;
+    uint8_t junk[64];
+    for (int round = 0; round < 20000; round++) {
+        size_t n = 1 + (size_t) (rand_r (&seed) % sizeof junk);
+        for (size_t i = 0; i < n; i++)
+            junk[i] = (uint8_t) rand_r (&seed);
+        if (round % 2)
+            junk[0] = 0x90 | (junk[0] & 0x0f);  //  make many of them arrays
+        if (gw_msg_decode (junk, n, &out, NULL, 0) == GW_DECODE_OK)
+            gw_msg_clear (&out);
+    }
+    //  A string with an embedded NUL is refused.
+    const uint8_t nul[] = { 0x93, 0x01, 0x04, 0xa3, 'a', 0, 'b' };
+    assert (gw_msg_decode (nul, sizeof nul, &out, NULL, 0) == GW_DECODE_MALFORMED);
+    if (verbose)
+        printf ("OK\n");
+}

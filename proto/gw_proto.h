@@ -1,0 +1,96 @@
+/*  gw_proto.h: C structs and codec for the messages defined in gw_messages.h.
+
+    A gw_msg_t owns its strings and byte buffers after gw_msg_decode(); release them
+    with gw_msg_clear(). For sending, fill a gw_msg_t with borrowed pointers and call
+    gw_msg_send(): nothing is freed on that path.
+*/
+#ifndef GW_PROTO_H_INCLUDED
+#define GW_PROTO_H_INCLUDED
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gw_messages.h"
+
+typedef struct {
+    uint8_t *data;
+    size_t size;
+} gw_bin_t;
+
+typedef struct {
+    char **items;
+    size_t count;
+} gw_strlist_t;
+
+#define GW_CTYPE_U32 uint32_t
+#define GW_CTYPE_U64 uint64_t
+#define GW_CTYPE_BOOL bool
+#define GW_CTYPE_STR char *
+#define GW_CTYPE_BIN gw_bin_t
+#define GW_CTYPE_STRLIST gw_strlist_t
+
+typedef enum {
+#define GW_ENUM_ENTRY(NAME, num, name, desc) GW_MSG_##NAME = num,
+    GW_MESSAGES (GW_ENUM_ENTRY)
+#undef GW_ENUM_ENTRY
+} gw_msg_id_t;
+
+#define GW_FIELD_DECL(type, field, desc) GW_CTYPE_##type field;
+#define GW_STRUCT_DECL(NAME, num, name, desc)                                        \
+    typedef struct {                                                                \
+        GW_##NAME##_FIELDS (GW_FIELD_DECL)                                          \
+    } gw_##name##_t;
+GW_MESSAGES (GW_STRUCT_DECL)
+#undef GW_STRUCT_DECL
+#undef GW_FIELD_DECL
+
+typedef struct {
+    gw_msg_id_t id;
+    union {
+#define GW_UNION_ENTRY(NAME, num, name, desc) gw_##name##_t name;
+        GW_MESSAGES (GW_UNION_ENTRY)
+#undef GW_UNION_ENTRY
+    };
+} gw_msg_t;
+
+/*  Largest encoded message we accept; a bound on what a peer can make us allocate. */
+#define GW_PROTO_MAX_SIZE (64u * 1024 * 1024)
+
+/*  Result of decoding. INTERRUPTED is reserved for receive paths (EINTR/EAGAIN). */
+typedef enum {
+    GW_DECODE_OK = 0,
+    GW_DECODE_MALFORMED = -1,
+    GW_DECODE_VERSION = -2,
+    GW_DECODE_INTERRUPTED = -3,
+} gw_decode_t;
+
+/*  Name of a message id ("HELLO"), or "?" for an unknown id. */
+const char *gw_msg_name (int id);
+
+/*  Encodes msg into a fresh malloc'd buffer owned by the caller. Returns 0 or -1. */
+int gw_msg_encode (const gw_msg_t *msg, char **data_p, size_t *size_p);
+
+/*  Decodes any bytes into msg. On success msg owns its fields (gw_msg_clear).
+    On failure msg is left cleared and err (if given) says why. Never crashes. */
+gw_decode_t gw_msg_decode (const void *data, size_t size, gw_msg_t *msg, char *err, size_t errlen);
+
+/*  Frees what a decoded msg owns and zeroes it. Safe on a zeroed msg. */
+void gw_msg_clear (gw_msg_t *msg);
+
+/*  Sends msg on a raw libzmq socket, preceded by a routing-id frame when
+    routing_id is not NULL (ROUTER sockets). Non-blocking. Returns 0 or -1 (errno). */
+int gw_msg_send (void *socket, const void *routing_id, size_t routing_id_size, const gw_msg_t *msg);
+
+/*  Receives one message without blocking. When routing_id is not NULL the first
+    frame is copied there (up to 255 bytes, length in *routing_id_size).
+    Returns GW_DECODE_INTERRUPTED when nothing is waiting. */
+gw_decode_t gw_msg_recv (void *socket, void *routing_id, size_t *routing_id_size, gw_msg_t *msg);
+
+/*  Helpers for STRLIST fields: append a copy; free all. */
+int gw_strlist_append (gw_strlist_t *list, const char *s);
+void gw_strlist_clear (gw_strlist_t *list);
+
+void gw_proto_test (bool verbose);
+
+#endif

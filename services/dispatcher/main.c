@@ -1,0 +1,69 @@
+/*  dispatcher: runs chat jobs from the ingresses against upstream providers.
+    Wires configuration, the provider table, the usage log, the job runner
+    (libcurl) and the ingress links (ZeroMQ) onto one loop. */
+#include "gw_env.h"
+#include "gw_id.h"
+#include "gw_log.h"
+#include "gw_loop.h"
+#include "ingress_link.h"
+#include "job_runner.h"
+#include "provider_table.h"
+#include "usage_log.h"
+
+#include <curl/curl.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <zmq.h>
+
+int
+main (void)
+{
+    gw_loop_catch_signals ();
+    gw_log_init ("dispatcher");
+    curl_global_init (CURL_GLOBAL_DEFAULT);
+    char host[64] = "host", uuid[37], default_id[128];
+    gethostname (host, sizeof host - 1);
+    gw_id_uuid (uuid);
+    snprintf (default_id, sizeof default_id, "d-%s-%d-%.8s", host, (int) getpid (), uuid);
+    links_config_t links_config = {
+        .endpoints = gw_env_str ("GW_INGRESS_ENDPOINTS", "tcp://127.0.0.1:5555"),
+        .dispatcher_id = gw_env_str ("GW_DISPATCHER_ID", default_id),
+        .slots = (int) gw_env_int ("GW_DISPATCHER_SLOTS", 256, 1, 1000000),
+        .heartbeat_ms = (int) gw_env_int ("GW_HEARTBEAT_MS", 1000, 10, 60000),
+        .liveness = (int) gw_env_int ("GW_HEARTBEAT_LIVENESS", 3, 2, 100),
+    };
+    runner_config_t runner_config = {
+        .connect_timeout_ms = (int) gw_env_int ("GW_UPSTREAM_CONNECT_TIMEOUT_MS", 5000, 1, 600000),
+        .first_byte_timeout_ms = (int) gw_env_int ("GW_UPSTREAM_FIRST_BYTE_TIMEOUT_MS", 60000, 1, 3600000),
+        .total_timeout_ms = (int) gw_env_int ("GW_UPSTREAM_TOTAL_TIMEOUT_MS", 900000, 1, 86400000),
+        .drain_timeout_ms = (int) gw_env_int ("GW_DRAIN_TIMEOUT_MS", 120000, 0, 3600000),
+        .retry_max = (int) gw_env_int ("GW_RETRY_MAX", 2, 0, 20),
+        .retry_base_ms = (int) gw_env_int ("GW_RETRY_BASE_MS", 250, 1, 60000),
+        .retry_cap_ms = (int) gw_env_int ("GW_RETRY_CAP_MS", 8000, 1, 600000),
+        .retry_after_max_ms = (int) gw_env_int ("GW_RETRY_AFTER_MAX_MS", 30000, 0, 3600000),
+        .max_body_bytes = (size_t) gw_env_int ("GW_UPSTREAM_MAX_BODY_BYTES", 64 << 20, 1024, 1 << 30),
+    };
+    void *zmq_ctx = zmq_ctx_new ();
+    gw_loop_t *loop = gw_loop_new ();
+    provider_table_t *providers = provider_table_new ();
+    usage_log_t *usage = usage_log_new (gw_env_str ("GW_USAGE_LOG", NULL));
+    job_runner_t *runner = providers && usage && loop
+                               ? job_runner_new (loop, providers, usage, &runner_config, &ingress_link_runner_fns)
+                               : NULL;
+    ingress_links_t *links = runner ? ingress_links_new (loop, zmq_ctx, &links_config, providers, runner) : NULL;
+    int rc = 1;
+    if (links) {
+        gw_info ("main", "started id=%s ingresses=%s slots=%d", links_config.dispatcher_id,
+                 links_config.endpoints, links_config.slots);
+        rc = gw_loop_run (loop) ? 1 : 0;
+    }
+    ingress_links_destroy (&links);
+    job_runner_destroy (&runner);
+    usage_log_destroy (&usage);
+    provider_table_destroy (&providers);
+    gw_loop_destroy (&loop);
+    zmq_ctx_term (zmq_ctx);
+    curl_global_cleanup ();
+    gw_info ("main", "stopped");
+    return rc;
+}

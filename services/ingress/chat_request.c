@@ -1,0 +1,176 @@
+/*  chat_request.c: validation of a /chat/completions body. */
+#include "chat_request.h"
+#include "gw_error.h"
+
+#include <assert.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int
+s_fail (chat_request_t *req, const char *param, const char *message)
+{
+    req->status = 400;
+    req->error = gw_error_json ("invalid_request_error", "invalid_request_error", param, "%s", message);
+    return -1;
+}
+
+static bool
+s_number_in (json_t *v, double lo, double hi)
+{
+    return json_is_number (v) && json_number_value (v) >= lo && json_number_value (v) <= hi;
+}
+
+static int
+s_check_messages (chat_request_t *req, json_t *messages)
+{
+    if (!json_is_array (messages) || json_array_size (messages) == 0)
+        return s_fail (req, "messages", "messages must be a non-empty array");
+    size_t i;
+    json_t *m;
+    json_array_foreach (messages, i, m) {
+        char why[160];
+        const char *role = json_string_value (json_object_get (m, "role"));
+        json_t *content = json_object_get (m, "content");
+        if (!json_is_object (m))
+            snprintf (why, sizeof why, "messages[%zu] must be an object", i);
+        else if (!role
+                 || (strcmp (role, "system") && strcmp (role, "user") && strcmp (role, "assistant")
+                     && strcmp (role, "tool")))
+            snprintf (why, sizeof why,
+                      "messages[%zu].role must be one of system, user, assistant, tool", i);
+        else if (content && !json_is_string (content) && !json_is_array (content) && !json_is_null (content))
+            snprintf (why, sizeof why, "messages[%zu].content must be a string or an array", i);
+        //  Only an assistant turn (carrying tool_calls) may go without content.
+        else if ((!content || json_is_null (content)) && strcmp (role, "assistant"))
+            snprintf (why, sizeof why, "messages[%zu].content is required for role %s", i, role);
+        else
+            continue;
+        return s_fail (req, "messages", why);
+    }
+    return 0;
+}
+
+int
+chat_request_parse (const char *body, size_t size, chat_request_t *req)
+{
+    memset (req, 0, sizeof *req);
+    json_error_t jerr;
+    json_t *root = json_loadb (body, size, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        char why[256];
+        snprintf (why, sizeof why, "Request body is not valid JSON: %s (line %d, column %d)",
+                  jerr.text, jerr.line, jerr.column);
+        return s_fail (req, NULL, why);
+    }
+    int rc = -1;
+    json_t *v;
+    if (!json_is_object (root)) {
+        s_fail (req, NULL, "Request body must be a JSON object");
+        goto done;
+    }
+    v = json_object_get (root, "model");
+    if (!json_is_string (v) || json_string_length (v) == 0) {
+        s_fail (req, "model", "you must provide a model parameter");
+        goto done;
+    }
+    if (json_string_length (v) >= sizeof req->model) {
+        s_fail (req, "model", "Model Not Exist");
+        goto done;
+    }
+    strcpy (req->model, json_string_value (v));
+    if (s_check_messages (req, json_object_get (root, "messages")))
+        goto done;
+    v = json_object_get (root, "stream");
+    if (v && !json_is_boolean (v) && !json_is_null (v)) {
+        s_fail (req, "stream", "stream must be a boolean");
+        goto done;
+    }
+    req->stream = json_is_true (v);
+    v = json_object_get (root, "stream_options");
+    if (v && !json_is_null (v)) {
+        json_t *iu = json_object_get (v, "include_usage");
+        if (!json_is_object (v) || (iu && !json_is_boolean (iu))) {
+            s_fail (req, "stream_options", "stream_options must be an object with a boolean include_usage");
+            goto done;
+        }
+        if (!req->stream) {
+            s_fail (req, "stream_options", "stream_options is only allowed when stream is true");
+            goto done;
+        }
+        req->client_usage = json_is_true (iu);
+    }
+    if ((v = json_object_get (root, "n")) && !json_is_null (v)
+        && (!json_is_integer (v) || json_integer_value (v) != 1)) {
+        s_fail (req, "n", "n must be 1");
+        goto done;
+    }
+    if ((v = json_object_get (root, "max_tokens")) && !json_is_null (v)
+        && (!json_is_integer (v) || json_integer_value (v) < 1)) {
+        s_fail (req, "max_tokens", "max_tokens must be a positive integer");
+        goto done;
+    }
+    if ((v = json_object_get (root, "temperature")) && !json_is_null (v) && !s_number_in (v, 0, 2)) {
+        s_fail (req, "temperature", "temperature must be a number between 0 and 2");
+        goto done;
+    }
+    if ((v = json_object_get (root, "top_p")) && !json_is_null (v) && !s_number_in (v, 0, 1)) {
+        s_fail (req, "top_p", "top_p must be a number between 0 and 1");
+        goto done;
+    }
+    const char *penalties[] = { "presence_penalty", "frequency_penalty" };
+    for (int i = 0; i < 2; i++)
+        if ((v = json_object_get (root, penalties[i])) && !json_is_null (v) && !s_number_in (v, -2, 2)) {
+            char why[96];
+            snprintf (why, sizeof why, "%s must be a number between -2 and 2", penalties[i]);
+            s_fail (req, penalties[i], why);
+            goto done;
+        }
+    rc = 0;
+done:
+    json_decref (root);
+    return rc;
+}
+
+static void
+s_expect (const char *body, int rc, const char *fragment)
+{
+    chat_request_t req;
+    int got = chat_request_parse (body, strlen (body), &req);
+    if (got != rc || (fragment && (!req.error || !strstr (req.error, fragment)))) {
+        fprintf (stderr, "chat_request: body=%s rc=%d error=%s\n", body, got, req.error);
+        assert (false);
+    }
+    if (rc)
+        assert (req.status == 400);
+    free (req.error);
+}
+
+void
+chat_request_test (bool verbose)
+{
+    if (verbose)
+        printf (" * chat_request: ");
+    const char *ok = "{\"model\":\"deepseek-chat\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],"
+                     "\"stream\":true,\"stream_options\":{\"include_usage\":true}}";
+    chat_request_t req;
+    assert (chat_request_parse (ok, strlen (ok), &req) == 0);
+    assert (strcmp (req.model, "deepseek-chat") == 0 && req.stream && req.client_usage);
+    s_expect ("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[]}]}", 0, NULL);
+    s_expect ("{\"model\":", -1, "not valid JSON");
+    s_expect ("[1]", -1, "JSON object");
+    s_expect ("{\"messages\":[]}", -1, "provide a model");
+    s_expect ("{\"model\":\"m\"}", -1, "non-empty array");
+    s_expect ("{\"model\":\"m\",\"messages\":[{\"role\":\"bot\",\"content\":\"x\"}]}", -1, "role");
+    s_expect ("{\"model\":\"m\",\"messages\":[{\"role\":\"user\"}]}", -1, "content is required");
+    s_expect ("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":1}]}", -1, "string or an array");
+    s_expect ("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2}", -1, "n must be 1");
+    s_expect ("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":0}", -1, "max_tokens");
+    s_expect ("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":3}", -1, "temperature");
+    s_expect ("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream\":\"yes\"}", -1, "boolean");
+    s_expect ("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stream_options\":{\"include_usage\":true}}", -1, "only allowed");
+    s_expect ("{\"model\":\"m\",\"model\":\"n\",\"messages\":[]}", -1, "not valid JSON");
+    if (verbose)
+        printf ("OK\n");
+}

@@ -1,0 +1,62 @@
+/*  dispatcher_pool.h: the ingress side of the job protocol.
+
+    Owns the ROUTER socket that dispatchers connect to, tracks each dispatcher's
+    credits and liveness, queues jobs until some dispatcher serving the model has a
+    credit, and routes HEAD/CHUNK/END back to the client that submitted the job.
+    A dispatcher that goes silent loses its jobs: those that have not delivered a
+    byte for the client are queued again (at the front), the others are ended with
+    an error. Single-threaded: everything runs on the service's gw_loop.
+*/
+#ifndef DISPATCHER_POOL_H_INCLUDED
+#define DISPATCHER_POOL_H_INCLUDED
+
+#include "gw_loop.h"
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct dispatcher_pool_t dispatcher_pool_t;
+typedef struct pool_job_t pool_job_t;
+
+/*  What the pool tells the submitter of a job. After end() the pool forgets the
+    client pointer and frees the job. */
+typedef struct {
+    void (*head) (void *client, uint32_t status, const char *content_type);
+    void (*chunk) (void *client, const uint8_t *data, size_t size);
+    void (*end) (void *client, uint32_t status, const char *content_type, const uint8_t *body,
+                 size_t size);
+} pool_client_fns_t;
+
+typedef struct {
+    const char *endpoint;       //  ROUTER bind endpoint, e.g. tcp://127.0.0.1:5555
+    int heartbeat_ms;           //  interval of heartbeats both ways
+    int liveness;               //  missed heartbeats before a dispatcher is dead
+    int queue_timeout_ms;       //  longest a job waits for a credit before 503
+} pool_config_t;
+
+dispatcher_pool_t *dispatcher_pool_new (gw_loop_t *loop, void *zmq_ctx, const pool_config_t *config,
+                                        const pool_client_fns_t *fns);
+void dispatcher_pool_destroy (dispatcher_pool_t **self_p);
+
+/*  Queues a chat job. body is copied. Returns the job handle, or NULL when out of memory. */
+pool_job_t *dispatcher_pool_submit (dispatcher_pool_t *self, void *client, const char *request_id,
+                                    const char *model, bool stream, bool client_usage,
+                                    const char *body, size_t body_size);
+
+/*  The client went away: the pool stops calling it. A queued job is dropped; a
+    running job is cancelled at its dispatcher (which drains it for usage). */
+void dispatcher_pool_cancel (dispatcher_pool_t *self, pool_job_t *job);
+
+/*  True when at least one live dispatcher is connected. */
+bool dispatcher_pool_ready (dispatcher_pool_t *self);
+
+/*  1 if some live dispatcher serves model, 0 if none does, -1 if no dispatcher is
+    live (the answer is unknown: the job should wait for one). */
+int dispatcher_pool_knows_model (dispatcher_pool_t *self, const char *model);
+
+/*  The models of live dispatchers, as an OpenAI list object (new reference). */
+json_t *dispatcher_pool_models (dispatcher_pool_t *self);
+
+
+#endif

@@ -1,0 +1,35 @@
+/*  http_front.h: the HTTP side of the ingress, on libmicrohttpd.
+
+    One MHD daemon driven by the service's event loop (MHD_USE_EPOLL, no thread
+    per request). A chat request is validated, handed to the dispatcher pool, and
+    its connection suspended; the pool's HEAD/CHUNK/END callbacks fill a buffer and
+    resume it. Streams are relayed with a content reader that suspends whenever it
+    has nothing to send, so a slow upstream costs a buffer, not a thread.
+*/
+#ifndef HTTP_FRONT_H_INCLUDED
+#define HTTP_FRONT_H_INCLUDED
+
+#include "dispatcher_pool.h"
+#include "gw_loop.h"
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct http_front_t http_front_t;
+
+typedef struct {
+    const char *host;       //  listen address
+    int port;               //  0 picks a free port
+    size_t max_body_bytes;  //  larger bodies get 413
+    int idle_timeout_s;     //  idle keep-alive connections are closed after this
+} http_config_t;
+
+/*  The callbacks the dispatcher pool calls for a job's client. */
+extern const pool_client_fns_t http_front_pool_fns;
+
+http_front_t *http_front_new (gw_loop_t *loop, dispatcher_pool_t *pool, const http_config_t *config);
+void http_front_destroy (http_front_t **self_p);
+
+/*  The port actually bound. */
+int http_front_port (http_front_t *self);
+
+#endif

@@ -1,0 +1,54 @@
+/*  ingress: the HTTP front of the gateway. Wires configuration, the dispatcher
+    pool (ZeroMQ side) and the HTTP front (libmicrohttpd side) onto one loop. */
+#include "dispatcher_pool.h"
+#include "gw_env.h"
+#include "gw_log.h"
+#include "gw_loop.h"
+#include "http_front.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <zmq.h>
+
+int
+main (void)
+{
+    gw_loop_catch_signals ();
+    gw_log_init ("ingress");
+    //  Every client connection is a descriptor: take all the kernel allows.
+    struct rlimit rl;
+    if (getrlimit (RLIMIT_NOFILE, &rl) == 0) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit (RLIMIT_NOFILE, &rl);
+    }
+    pool_config_t pool_config = {
+        .endpoint = gw_env_str ("GW_JOBS_BIND", "tcp://127.0.0.1:5555"),
+        .heartbeat_ms = (int) gw_env_int ("GW_HEARTBEAT_MS", 1000, 10, 60000),
+        .liveness = (int) gw_env_int ("GW_HEARTBEAT_LIVENESS", 3, 2, 100),
+        .queue_timeout_ms = (int) gw_env_int ("GW_QUEUE_TIMEOUT_MS", 10000, 1, 3600000),
+    };
+    http_config_t http_config = {
+        .host = gw_env_str ("GW_HTTP_HOST", "127.0.0.1"),
+        .port = (int) gw_env_int ("GW_HTTP_PORT", 8080, 0, 65535),
+        .max_body_bytes = (size_t) gw_env_int ("GW_MAX_BODY_BYTES", 4 * 1024 * 1024, 1024, 1 << 30),
+        .idle_timeout_s = (int) gw_env_int ("GW_HTTP_IDLE_TIMEOUT_S", 300, 1, 86400),
+    };
+    void *zmq_ctx = zmq_ctx_new ();
+    gw_loop_t *loop = gw_loop_new ();
+    dispatcher_pool_t *pool = loop ? dispatcher_pool_new (loop, zmq_ctx, &pool_config, &http_front_pool_fns) : NULL;
+    http_front_t *front = pool ? http_front_new (loop, pool, &http_config) : NULL;
+    int rc = 1;
+    if (front) {
+        gw_info ("main", "listening url=http://%s:%d jobs=%s", http_config.host, http_front_port (front),
+                 pool_config.endpoint);
+        rc = gw_loop_run (loop) ? 1 : 0;
+    }
+    //  The front goes first: closing its connections cancels their jobs in the pool.
+    http_front_destroy (&front);
+    dispatcher_pool_destroy (&pool);
+    gw_loop_destroy (&loop);
+    zmq_ctx_term (zmq_ctx);
+    gw_info ("main", "stopped");
+    return rc;
+}
