@@ -267,7 +267,7 @@ s_on_request (void *cls, struct MHD_Connection *conn, const char *url, const cha
         return MHD_YES;
     }
     if (*upload_data_size) {
-        //  A chunked body has no length up front: count it as it comes.
+        //  A chunked body has no length up front: count it as it arrives.
         if (!req->too_large) {
             if (req->body.len + *upload_data_size > self->config.max_body_bytes) {
                 req->too_large = true;
@@ -276,9 +276,9 @@ s_on_request (void *cls, struct MHD_Connection *conn, const char *url, const cha
             else if (gw_buf_append (&req->body, upload_data, *upload_data_size))
                 return MHD_NO;
         }
+        //  MHD cannot answer in the middle of a body it is reading, so an oversize
+        //  chunked body is discarded as it comes and answered 413 at its end.
         *upload_data_size = 0;
-        if (req->too_large)
-            return s_submit_chat (self, req);
         return MHD_YES;
     }
     if (!req->submitted)
