@@ -92,12 +92,13 @@ s_unpack_STR (const msgpack_object *o, char **v)
         return -1;
     //  Strings travel without a terminator; a NUL inside would truncate them
     //  silently on use, so it is refused here.
-    if (memchr (o->via.str.ptr, 0, o->via.str.size))
+    if (o->via.str.size && memchr (o->via.str.ptr, 0, o->via.str.size))
         return -1;
     char *s = malloc (o->via.str.size + 1);
     if (!s)
         return -1;
-    memcpy (s, o->via.str.ptr, o->via.str.size);
+    if (o->via.str.size)
+        memcpy (s, o->via.str.ptr, o->via.str.size);
     s[o->via.str.size] = 0;
     *v = s;
     return 0;
@@ -112,7 +113,8 @@ s_unpack_BIN (const msgpack_object *o, gw_bin_t *v)
     uint8_t *d = malloc (o->via.bin.size + 1);
     if (!d)
         return -1;
-    memcpy (d, o->via.bin.ptr, o->via.bin.size);
+    if (o->via.bin.size)
+        memcpy (d, o->via.bin.ptr, o->via.bin.size);
     d[o->via.bin.size] = 0;
     v->data = d;
     v->size = o->via.bin.size;
@@ -262,12 +264,89 @@ s_fail (gw_msg_t *msg, gw_decode_t rc, char *err, size_t errlen, const char *fmt
     return rc;
 }
 
+static uint64_t
+s_be (const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/*  Walks the msgpack structure without allocating and checks that every count
+    it declares fits in the bytes that remain. msgpack-c allocates containers by
+    their declared size, so without this a 10-byte message announcing 2^32
+    elements would make it try to allocate 64 GB. */
+static int
+s_check_bounds (const uint8_t *p, size_t size)
+{
+    size_t off = 0, pending = 1;
+    while (pending) {
+        if (off >= size)
+            return -1;
+        uint8_t b = p[off++];
+        pending--;
+        size_t left = size - off;
+        uint64_t skip = 0, children = 0;
+        int hdr = 0;
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3)
+            ;
+        else if (b <= 0x8f)
+            children = 2u * (b & 0x0f);
+        else if (b <= 0x9f)
+            children = b & 0x0f;
+        else if (b <= 0xbf)
+            skip = b & 0x1f;
+        else if (b == 0xc4 || b == 0xd9)
+            hdr = 1;
+        else if (b == 0xc5 || b == 0xda)
+            hdr = 2;
+        else if (b == 0xc6 || b == 0xdb)
+            hdr = 4;
+        else if (b == 0xc7 || b == 0xc8 || b == 0xc9) {
+            hdr = b == 0xc7 ? 1 : b == 0xc8 ? 2 : 4;
+            skip = 1;  //  the ext type byte
+        }
+        else if (b == 0xca || b == 0xcb)
+            skip = b == 0xca ? 4 : 8;
+        else if (b >= 0xcc && b <= 0xd3)
+            skip = 1u << ((b - 0xcc) & 3);
+        else if (b >= 0xd4 && b <= 0xd8)
+            skip = 1 + (1u << (b - 0xd4));
+        else if (b == 0xdc || b == 0xdd || b == 0xde || b == 0xdf) {
+            int n = (b == 0xdc || b == 0xde) ? 2 : 4;
+            if (left < (size_t) n)
+                return -1;
+            children = s_be (p + off, n) * (b >= 0xde ? 2 : 1);
+            off += (size_t) n;
+            left -= (size_t) n;
+        }
+        else
+            return -1;  //  0xc1 is never used
+        if (hdr) {
+            if (left < (size_t) hdr)
+                return -1;
+            skip += s_be (p + off, hdr);
+            off += (size_t) hdr;
+            left -= (size_t) hdr;
+        }
+        //  Every pending object needs at least one byte.
+        if (skip > left || children > left - skip || pending + children > left - skip)
+            return -1;
+        off += (size_t) skip;
+        pending += (size_t) children;
+    }
+    return off == size ? 0 : -1;
+}
+
 gw_decode_t
 gw_msg_decode (const void *data, size_t size, gw_msg_t *msg, char *err, size_t errlen)
 {
     memset (msg, 0, sizeof *msg);
     if (!data || size == 0 || size > GW_PROTO_MAX_SIZE)
         return s_fail (msg, GW_DECODE_MALFORMED, err, errlen, "size %zu out of range", size);
+    if (s_check_bounds (data, size))
+        return s_fail (msg, GW_DECODE_MALFORMED, err, errlen, "not one well-formed msgpack object");
 
     msgpack_unpacked result;
     msgpack_unpacked_init (&result);
@@ -509,6 +588,11 @@ gw_proto_test (bool verbose)
         if (gw_msg_decode (junk, n, &out, NULL, 0) == GW_DECODE_OK)
             gw_msg_clear (&out);
     }
+    //  A tiny message announcing a huge array is refused before any allocation.
+    const uint8_t huge[] = { 0xdd, 0xff, 0xff, 0xff, 0xff, 0x01, 0x02 };
+    assert (gw_msg_decode (huge, sizeof huge, &out, NULL, 0) == GW_DECODE_MALFORMED);
+    const uint8_t huge_map[] = { 0x93, 0x01, 0x01, 0xdf, 0x7f, 0xff, 0xff, 0xff };
+    assert (gw_msg_decode (huge_map, sizeof huge_map, &out, NULL, 0) == GW_DECODE_MALFORMED);
     //  A string with an embedded NUL is refused.
     const uint8_t nul[] = { 0x93, 0x01, 0x04, 0xa3, 'a', 0, 'b' };
     assert (gw_msg_decode (nul, sizeof nul, &out, NULL, 0) == GW_DECODE_MALFORMED);
