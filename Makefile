@@ -30,7 +30,7 @@ PROGRAMS := $(BIN)/ingress $(BIN)/dispatcher $(BIN)/mock-upstream $(BIN)/gw-self
 DEB_PACKAGES := build-essential pkg-config libczmq-dev libzmq3-dev libmicrohttpd-dev \
   libcurl4-openssl-dev libjansson-dev libmsgpack-dev python3 curl
 
-.PHONY: all deps run test test-asan asan selftest clean
+.PHONY: all deps run test test-asan asan selftest fuzz clean
 all: $(PROGRAMS)
 
 $(OBJ)/%.o: %.c
@@ -63,6 +63,11 @@ deps:
 	  SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	else echo "deps: all Debian packages present"; fi
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; }
+	@# The official openai SDK, for the compatibility test (tests/test_sdk.py).
+	@[ -d tests/sdk/node_modules/openai ] || (cd tests/sdk && npm ci --no-audit --no-fund --silent)
 
 run: deps all
 	@tools/run-stack
@@ -81,7 +86,15 @@ test-asan: deps
 	$(MAKE) SANITIZE=1 all
 	@python3 tests/run.py --bin bin-asan
 
+# Coverage-guided fuzzing of the wire decoder (clang + libFuzzer, ASan, UBSan).
+FUZZ_SECONDS ?= 60
+fuzz:
+	@mkdir -p bin-fuzz var/fuzz-corpus
+	clang -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Iproto -Ilib \
+	  tests/fuzz/fuzz_proto.c proto/gw_proto.c -o bin-fuzz/fuzz_proto -lmsgpackc -lzmq
+	bin-fuzz/fuzz_proto -max_total_time=$(FUZZ_SECONDS) var/fuzz-corpus
+
 clean:
-	rm -rf bin bin-asan obj obj-asan
+	rm -rf bin bin-asan bin-fuzz obj obj-asan
 
 -include $(shell find obj obj-asan -name '*.d' 2>/dev/null)
