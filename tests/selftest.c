@@ -2,6 +2,7 @@
     Usage: gw-selftest [-v] [name ...]   Prints "N passed, N failed". */
 #include "call_usage.h"
 #include "chat_request.h"
+#include "dispatcher_pool.h"
 #include "gw_env.h"
 #include "gw_error.h"
 #include "gw_id.h"
@@ -29,6 +30,7 @@ static const selftest_t s_tests[] = {
     { "gw_id", gw_id_test },
     { "gw_loop", gw_loop_test },
     { "chat_request", chat_request_test },
+    { "dispatcher_pool", dispatcher_pool_test },
     { "provider_table", provider_table_test },
     { "call_usage", call_usage_test },
     { "sse_reader", sse_reader_test },

@@ -7,6 +7,7 @@
 #include <assert.h>
 #include <czmq.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 typedef struct {
@@ -551,4 +552,152 @@ dispatcher_pool_models (dispatcher_pool_t *self)
                                      "owned_by", i < d->owners.count ? d->owners.items[i] : "gateway"));
         }
     return json_pack ("{s:s, s:o}", "object", "list", "data", data);
+}
+
+/* ---- selftest: a fake dispatcher on inproc drives the pool ---- */
+
+typedef struct {
+    int heads, chunks, ends;
+    uint32_t last_status;
+    char data[256];
+} s_test_client_t;
+
+static void
+s_test_head (void *client, uint32_t status, const char *type)
+{
+    s_test_client_t *c = client;
+    (void) type;
+    c->heads++;
+    c->last_status = status;
+}
+
+static void
+s_test_chunk (void *client, const uint8_t *data, size_t size)
+{
+    s_test_client_t *c = client;
+    c->chunks++;
+    strncat (c->data, (const char *) data, size);
+}
+
+static void
+s_test_end (void *client, uint32_t status, const char *type, const uint8_t *body, size_t size)
+{
+    s_test_client_t *c = client;
+    (void) type, (void) body, (void) size;
+    c->ends++;
+    c->last_status = status;
+}
+
+static void
+s_test_stop (gw_loop_t *loop, gw_timer_t *timer, void *arg)
+{
+    (void) timer, (void) arg;
+    gw_loop_stop (loop);
+}
+
+static void
+s_test_spin (gw_loop_t *loop, int ms)
+{
+    gw_timer_t *t = gw_timer_new (s_test_stop, NULL);
+    gw_timer_start (loop, t, ms);
+    gw_loop_run (loop);
+    gw_timer_destroy (loop, &t);
+}
+
+/*  Receives what the pool sent the fake dispatcher; returns the message id or 0. */
+static int
+s_test_recv (void *dealer, gw_msg_t *msg)
+{
+    int id = gw_msg_recv (dealer, NULL, NULL, msg) == GW_DECODE_OK ? (int) msg->id : 0;
+    return id;
+}
+
+void
+dispatcher_pool_test (bool verbose)
+{
+    if (verbose)
+        printf (" * dispatcher_pool: ");
+    void *ctx = zmq_ctx_new ();
+    gw_loop_t *loop = gw_loop_new ();
+    pool_config_t config = { "inproc://pool-test", 50, 2, 150 };
+    pool_client_fns_t fns = { s_test_head, s_test_chunk, s_test_end };
+    dispatcher_pool_t *pool = dispatcher_pool_new (loop, ctx, &config, &fns);
+    assert (pool);
+    assert (!dispatcher_pool_ready (pool));
+    assert (dispatcher_pool_knows_model (pool, "m") == -1);
+
+    //  No dispatcher: the job waits, then gets 503.
+    s_test_client_t a = { 0 };
+    dispatcher_pool_submit (pool, &a, "req-a", "m", false, false, "{}", 2);
+    s_test_spin (loop, 250);
+    assert (a.ends == 1 && a.last_status == 503);
+
+    //  A dispatcher with one credit: one job goes, the next waits for the credit.
+    void *dealer = zmq_socket (ctx, ZMQ_DEALER);
+    zmq_setsockopt (dealer, ZMQ_ROUTING_ID, "d-test", 6);
+    zmq_connect (dealer, "inproc://pool-test");
+    gw_msg_t msg = { .id = GW_MSG_HELLO };
+    msg.hello.dispatcher_id = "d-test";
+    msg.hello.credits = 1;
+    gw_strlist_append (&msg.hello.models, "m");
+    gw_msg_send (dealer, NULL, 0, &msg);
+    gw_strlist_clear (&msg.hello.models);
+    s_test_spin (loop, 20);
+    assert (dispatcher_pool_ready (pool));
+    assert (dispatcher_pool_knows_model (pool, "m") == 1 && dispatcher_pool_knows_model (pool, "x") == 0);
+    s_test_client_t b = { 0 }, c = { 0 };
+    dispatcher_pool_submit (pool, &b, "req-b", "m", true, false, "{\"b\":1}", 7);
+    dispatcher_pool_submit (pool, &c, "req-c", "m", true, false, "{\"c\":1}", 7);
+    s_test_spin (loop, 20);
+    gw_msg_t in;
+    uint64_t job_b = 0;
+    while (s_test_recv (dealer, &in)) {
+        if (in.id == GW_MSG_JOB) {
+            assert (job_b == 0 && strcmp (in.job.request_id, "req-b") == 0);
+            assert (in.job.body.size == 7 && in.job.stream);
+            job_b = in.job.job_id;
+        }
+        gw_msg_clear (&in);
+    }
+    assert (job_b);
+    //  HEAD, CHUNK and END reach the client in order; END frees the credit for c.
+    msg = (gw_msg_t) { .id = GW_MSG_HEAD, .head = { job_b, 200, "text/event-stream" } };
+    gw_msg_send (dealer, NULL, 0, &msg);
+    msg = (gw_msg_t) { .id = GW_MSG_CHUNK, .chunk = { job_b, { (uint8_t *) "data: x\n\n", 9 } } };
+    gw_msg_send (dealer, NULL, 0, &msg);
+    msg = (gw_msg_t) { .id = GW_MSG_END, .end = { .job_id = job_b, .status = 200 } };
+    gw_msg_send (dealer, NULL, 0, &msg);
+    s_test_spin (loop, 20);
+    assert (b.heads == 1 && b.chunks == 1 && b.ends == 1 && strcmp (b.data, "data: x\n\n") == 0);
+    uint64_t job_c = 0;
+    while (s_test_recv (dealer, &in)) {
+        if (in.id == GW_MSG_JOB)
+            job_c = in.job.job_id;
+        gw_msg_clear (&in);
+    }
+    assert (job_c && job_c != job_b && c.ends == 0);
+
+    //  The dispatcher falls silent with c unstarted: c goes back to the queue
+    //  and, with no dispatcher left, times out with 503 rather than vanishing.
+    s_test_spin (loop, 400);
+    assert (!dispatcher_pool_ready (pool));
+    assert (c.ends == 1 && c.last_status == 503);
+    //  A message from the forgotten dispatcher is answered with RESET.
+    msg = (gw_msg_t) { .id = GW_MSG_HEARTBEAT };
+    gw_msg_send (dealer, NULL, 0, &msg);
+    s_test_spin (loop, 20);
+    bool reset = false;
+    while (s_test_recv (dealer, &in)) {
+        reset |= in.id == GW_MSG_RESET;
+        gw_msg_clear (&in);
+    }
+    assert (reset);
+
+    zmq_close (dealer);
+    dispatcher_pool_destroy (&pool);
+    dispatcher_pool_destroy (&pool);
+    gw_loop_destroy (&loop);
+    zmq_ctx_term (ctx);
+    if (verbose)
+        printf ("OK\n");
 }

@@ -58,5 +58,7 @@ int dispatcher_pool_knows_model (dispatcher_pool_t *self, const char *model);
 /*  The models of live dispatchers, as an OpenAI list object (new reference). */
 json_t *dispatcher_pool_models (dispatcher_pool_t *self);
 
+void dispatcher_pool_test (bool verbose);
+
 
 #endif
