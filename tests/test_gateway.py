@@ -123,6 +123,18 @@ def wait_for(predicate, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def established(port):
+    """TCP connections in ESTABLISHED state whose local port is port (from /proc/net/tcp)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    count += 1
+    return count
+
+
 def chat(content="Hello", model="deepseek-chat", **fields):
     body = {"model": model, "messages": [{"role": "user", "content": content}]}
     body.update(fields)
@@ -402,6 +414,8 @@ def test_client_disconnect_mid_stream():
         request_id = stream.headers["x-request-id"]
         for _ in range(3):
             assert stream.next_event()[0] == "data"
+        port = int(s.url.rsplit(":", 1)[1])
+        assert established(port) == 1
         stream.close()
         # the dispatcher drains the upstream to its end and logs the real usage
         wait_for(lambda: s.usage(request_id), 10, "usage of the aborted stream")
@@ -409,6 +423,8 @@ def test_client_disconnect_mid_stream():
         assert usage["client_aborted"] and usage["usage_known"] and usage["completion_tokens"] == 30
         stats = json.loads(harness.http("GET", s.mock_url + "/mock/stats")[2])
         assert stats["active"] == 0, stats
+        # nor does the ingress keep the client's connection
+        wait_for(lambda: established(port) == 0, 5, "ingress to close the client connection")
         # and the gateway is fine afterwards
         assert post(s.url, chat())[0] == 200
 
