@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <time.h>
 #include <unistd.h>
@@ -79,6 +80,16 @@ gw_loop_catch_signals (void)
     sigaddset (&set, SIGTERM);
     sigprocmask (SIG_BLOCK, &set, NULL);
     signal (SIGPIPE, SIG_IGN);
+}
+
+void
+gw_loop_raise_fd_limit (void)
+{
+    struct rlimit rl;
+    if (getrlimit (RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit (RLIMIT_NOFILE, &rl);
+    }
 }
 
 gw_loop_t *

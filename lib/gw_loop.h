@@ -25,6 +25,10 @@ typedef int (gw_prepare_fn) (gw_loop_t *loop, void *arg);
     SIGPIPE. Call first in main, before any thread (libzmq's included) starts. */
 void gw_loop_catch_signals (void);
 
+/*  Raises the open-files limit to the hard maximum: every client connection and
+    every upstream transfer is a descriptor. */
+void gw_loop_raise_fd_limit (void);
+
 gw_loop_t *gw_loop_new (void);
 void gw_loop_destroy (gw_loop_t **self_p);
 

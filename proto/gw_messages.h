@@ -32,7 +32,8 @@
     M (HEAD, 7, head, "dispatcher to ingress: a stream starts; status and type")    \
     M (CHUNK, 8, chunk, "dispatcher to ingress: stream bytes for the client")        \
     M (END, 9, end, "dispatcher to ingress: job done, returns its credit")          \
-    M (USAGE, 10, usage, "dispatcher to accounting: one upstream call's usage")
+    M (USAGE, 10, usage, "dispatcher to accounting: one upstream call's usage")     \
+    M (BYE, 11, bye, "dispatcher to ingress: stopping, send no more jobs")
 
 /*  F(TYPE, field, description) */
 #define GW_HELLO_FIELDS(F)                                                          \
@@ -76,9 +77,10 @@
     F (U64, job_id, "job that finished")                                           \
     F (U32, status, "HTTP status (if no HEAD was sent) or final upstream status")  \
     F (STR, content_type, "Content-Type of body, if no HEAD was sent")             \
-    F (BIN, body, "whole response body, or the tail of a stream")                  \
-    F (U64, prompt_tokens, "usage of the successful call, 0 if unknown")           \
-    F (U64, completion_tokens, "usage of the successful call, 0 if unknown")
+    F (BIN, body, "whole response body, or the tail of a stream")
+
+#define GW_BYE_FIELDS(F)                                                            \
+    F (STR, reason, "why the dispatcher stops; running jobs still finish")
 
 #define GW_USAGE_FIELDS(F)                                                          \
     F (STR, event_id, "unique: request_id.dispatch.attempt")                       \

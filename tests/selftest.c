@@ -6,6 +6,7 @@
 #include "gw_env.h"
 #include "gw_error.h"
 #include "gw_id.h"
+#include "gw_log.h"
 #include "gw_loop.h"
 #include "gw_proto.h"
 #include "provider_table.h"
@@ -44,6 +45,10 @@ main (int argc, char **argv)
     int first = 1;
     if (argc > 1 && strcmp (argv[1], "-v") == 0)
         verbose = true, first = 2;
+    //  Module logs are noise here unless asked for.
+    if (!verbose)
+        setenv ("GW_LOG_LEVEL", "error", 1);
+    gw_log_init ("selftest");
     int passed = 0, failed = 0;
     for (size_t i = 0; i < sizeof s_tests / sizeof s_tests[0]; i++) {
         bool wanted = first >= argc;

@@ -7,6 +7,7 @@ dispatchers' GW_USAGE_LOG file.
 
 import json
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -459,3 +460,60 @@ def test_two_ingresses_two_dispatchers():
         s.add_ingress(port=port, jobs=int(s.jobs_endpoints[0].rsplit(":", 1)[1]))
         wait_for(lambda: harness.http("GET", s.ingress_urls[0] + "/ready")[0] == 200, 10, "restarted ingress ready")
         assert post(s.ingress_urls[0], chat())[0] == 200
+
+
+def test_ingress_sigterm_lets_requests_finish():
+    with Stack() as s:
+        stream = harness.SSEStream(s.url + "/v1/chat/completions",
+                                   chat("[[mock tokens=15 token_ms=40]]", stream=True))
+        assert stream.next_event()[0] == "data"
+        plain = {}
+        t = threading.Thread(target=lambda: plain.update(r=post(s.url, chat("[[mock tokens=10 token_ms=50]]"))))
+        t.start()
+        time.sleep(0.1)
+        s.ingresses[0].proc.send_signal(signal.SIGTERM)
+        events = [e for e in stream.events()]
+        t.join(10)
+        assert events[-1] == ("data", "[DONE]") and not any("error" in e[1] for e in events if e[1] != "[DONE]")
+        assert plain["r"][0] == 200
+        s.ingresses[0].stop()  # exit status 0, no sanitizer report
+        port = int(s.url.rsplit(":", 1)[1])
+        try:
+            harness.http("GET", s.url + "/health", timeout=1)
+            raise AssertionError(f"port {port} still answers")
+        except OSError:
+            pass
+
+
+def test_ingress_sigterm_grace_runs_out():
+    with Stack(ingress_env={"GW_SHUTDOWN_GRACE_MS": "200"}) as s:
+        stream = harness.SSEStream(s.url + "/v1/chat/completions",
+                                   chat("[[mock tokens=100 token_ms=50]]", stream=True))
+        assert stream.next_event()[0] == "data"
+        s.ingresses[0].proc.send_signal(signal.SIGTERM)
+        events = list(stream.events())
+        assert events[-1] == ("data", "[DONE]")
+        assert json.loads(events[-2][1])["error"]["code"] == "shutting_down"
+        s.ingresses[0].stop()
+
+
+def test_dispatcher_sigterm_finishes_its_jobs():
+    with Stack(dispatchers=2) as s:
+        streams = [harness.SSEStream(s.url + "/v1/chat/completions",
+                                     chat(f"drain {i} [[mock tokens=12 token_ms=40]]", stream=True)) for i in range(6)]
+        for st in streams:
+            assert st.next_event()[0] == "data"
+        leaving = s.dispatchers[0]
+        leaving.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+        # new work goes to the other dispatcher while the first finishes
+        for i in range(5):
+            assert post(s.url, chat(f"after {i}"))[0] == 200
+        for st in streams:
+            events = list(st.events())
+            assert events[-1] == ("data", "[DONE]")
+            assert not any(kind == "data" and '"error"' in data for kind, data in events)
+        leaving.stop()  # exit status 0 once its jobs are done
+        usage = s.usage()
+        assert len(usage) == 11 and all(u["usage_known"] and u["status"] == 200 for u in usage)
+        assert not any(u["dispatch"] for u in usage), "nothing needed re-dispatching"

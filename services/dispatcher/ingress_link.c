@@ -236,6 +236,15 @@ s_job_end (runner_job_t *job, uint32_t status, const char *content_type, const c
 
 const runner_fns_t ingress_link_runner_fns = { s_job_head, s_job_chunk, s_job_end };
 
+void
+ingress_links_bye (ingress_links_t *self)
+{
+    gw_msg_t msg = { .id = GW_MSG_BYE, .bye = { "shutting down" } };
+    for (size_t i = 0; i < self->nlinks; i++)
+        if (self->links[i].active)
+            s_send (&self->links[i], &msg);
+}
+
 ingress_links_t *
 ingress_links_new (gw_loop_t *loop, void *zmq_ctx, const links_config_t *config,
                    provider_table_t *providers, job_runner_t *runner)

@@ -31,4 +31,7 @@ ingress_links_t *ingress_links_new (gw_loop_t *loop, void *zmq_ctx, const links_
                                     provider_table_t *providers, job_runner_t *runner);
 void ingress_links_destroy (ingress_links_t **self_p);
 
+/*  Tells every ingress to send no more jobs; running ones go on to their end. */
+void ingress_links_bye (ingress_links_t *self);
+
 #endif

@@ -413,6 +413,9 @@ s_attempt_done (runner_job_t *job, CURLcode rc)
         //  The client has part of the answer: finish it, well or badly.
         if (rc == CURLE_OK)
             s_finish (job, 200, job->content_type, NULL, 0);
+        else if (rc == CURLE_OPERATION_TIMEDOUT)
+            s_finish_error (job, 504, "upstream_timeout",
+                            "The upstream answer took longer than the gateway allows; it is incomplete.");
         else
             s_finish_error (job, 502, "upstream_disconnected",
                             "The upstream connection broke in the middle of the answer; it is incomplete.");
@@ -442,8 +445,9 @@ s_attempt_done (runner_job_t *job, CURLcode rc)
         return;
     }
     //  Provider-side trouble (down, out of balance, bad key) moves to the next
-    //  provider; a request the provider judged invalid would fail there too.
-    bool provider_fault = retryable || job->status == 401 || job->status == 402 || job->status == 403;
+    //  provider; a request the provider judged invalid (400, 404, 422, and 403,
+    //  which MaaS uses for sensitive content) would fail there too.
+    bool provider_fault = retryable || job->status == 401 || job->status == 402;
     if (provider_fault && job->step + 1 < job->nsteps) {
         gw_warn ("runner", "falling back request_id=%s from=%s to=%s status=%ld curl=%d", job->request_id,
                  job->steps[job->step].provider->name, job->steps[job->step + 1].provider->name,
@@ -668,10 +672,16 @@ job_runner_destroy (job_runner_t **self_p)
     job_runner_t *self = *self_p;
     if (!self)
         return;
-    //  Jobs still running at shutdown end without a word: their ingress link is
-    //  going away with us.
+    //  Jobs still running when the grace period ran out: their calls are cut,
+    //  but a call that was made is recorded (with what is known of its usage).
+    //  The ingress re-queues those that sent nothing to their client.
     while (self->jobs) {
         runner_job_t *job = self->jobs;
+        if (job->easy) {
+            gw_warn ("runner", "cut at shutdown request_id=%s", job->request_id);
+            call_usage_t usage = job->stream ? job->sse.usage : (call_usage_t) { 0 };
+            s_emit_usage (job, &usage);
+        }
         s_job_destroy (&job);
     }
     gw_timer_destroy (self->loop, &self->curl_timer);

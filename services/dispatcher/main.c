@@ -15,11 +15,24 @@
 #include <unistd.h>
 #include <zmq.h>
 
+static int64_t s_grace_deadline;
+
+/*  During the shutdown grace period: stop the loop once no job is running. */
+static void
+s_check_drained (gw_loop_t *loop, gw_timer_t *timer, void *arg)
+{
+    if (job_runner_active (arg) == 0 || gw_now_ms () >= s_grace_deadline)
+        gw_loop_stop (loop);
+    else
+        gw_timer_start (loop, timer, 20);
+}
+
 int
 main (void)
 {
     gw_loop_catch_signals ();
     gw_log_init ("dispatcher");
+    gw_loop_raise_fd_limit ();
     curl_global_init (CURL_GLOBAL_DEFAULT);
     char host[64] = "host", uuid[37], default_id[128];
     gethostname (host, sizeof host - 1);
@@ -41,7 +54,7 @@ main (void)
         .retry_base_ms = (int) gw_env_int ("GW_RETRY_BASE_MS", 250, 1, 60000),
         .retry_cap_ms = (int) gw_env_int ("GW_RETRY_CAP_MS", 8000, 1, 600000),
         .retry_after_max_ms = (int) gw_env_int ("GW_RETRY_AFTER_MAX_MS", 30000, 0, 3600000),
-        .max_body_bytes = (size_t) gw_env_int ("GW_UPSTREAM_MAX_BODY_BYTES", 64 << 20, 1024, 1 << 30),
+        .max_body_bytes = (size_t) gw_env_int ("GW_UPSTREAM_MAX_BODY_BYTES", 32 << 20, 1024, 60 << 20),
     };
     void *zmq_ctx = zmq_ctx_new ();
     gw_loop_t *loop = gw_loop_new ();
@@ -56,6 +69,15 @@ main (void)
         gw_info ("main", "started id=%s ingresses=%s slots=%d", links_config.dispatcher_id,
                  links_config.endpoints, links_config.slots);
         rc = gw_loop_run (loop) ? 1 : 0;
+        //  SIGTERM: take no more jobs, let running ones finish (and report their
+        //  usage) for a while; a second signal cuts this short.
+        ingress_links_bye (links);
+        int64_t grace_ms = gw_env_int ("GW_SHUTDOWN_GRACE_MS", 10000, 0, 3600000);
+        gw_timer_t *check = gw_timer_new (s_check_drained, runner);
+        s_grace_deadline = gw_now_ms () + grace_ms;
+        gw_timer_start (loop, check, 0);
+        gw_loop_run (loop);
+        gw_timer_destroy (loop, &check);
     }
     ingress_links_destroy (&links);
     job_runner_destroy (&runner);

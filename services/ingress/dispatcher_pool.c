@@ -13,6 +13,7 @@
 typedef struct {
     char *id;  //  routing id, printable (dispatchers set their own)
     uint32_t credits;
+    bool leaving;  //  said BYE: finishes its jobs, takes no new ones
     int64_t last_seen_ms;
     gw_strlist_t models;
     gw_strlist_t owners;
@@ -224,8 +225,15 @@ s_on_message (dispatcher_pool_t *self, const char *rid, size_t rid_size, gw_msg_
     case GW_MSG_HEARTBEAT:
         break;
     case GW_MSG_CREDIT:
-        d->credits += msg->credit.credits;
+        if (!d->leaving)
+            d->credits += msg->credit.credits;
         s_drain_queue (self);
+        break;
+    case GW_MSG_BYE:
+        gw_info ("pool", "dispatcher leaving id=%s reason=%s jobs=%zu", d->id, msg->bye.reason,
+                 zlistx_size (d->jobs));
+        d->leaving = true;
+        d->credits = 0;
         break;
     case GW_MSG_HEAD:
         if ((job = s_job_of (self, d, msg->head.job_id)) && job->client) {
@@ -245,7 +253,8 @@ s_on_message (dispatcher_pool_t *self, const char *rid, size_t rid_size, gw_msg_
         if ((job = s_job_of (self, d, msg->end.job_id))) {
             zlistx_delete (d->jobs, job->handle);
             zhashx_delete (self->jobs, (void *) (uintptr_t) job->job_id);
-            d->credits++;
+            if (!d->leaving)
+                d->credits++;
             if (job->client)
                 self->fns.end (job->client, msg->end.status, msg->end.content_type,
                                msg->end.body.data, msg->end.body.size);
@@ -521,16 +530,19 @@ dispatcher_pool_cancel (dispatcher_pool_t *self, pool_job_t *job)
 bool
 dispatcher_pool_ready (dispatcher_pool_t *self)
 {
-    return zhashx_size (self->dispatchers) > 0;
+    for (dispatcher_t *d = zhashx_first (self->dispatchers); d; d = zhashx_next (self->dispatchers))
+        if (!d->leaving)
+            return true;
+    return false;
 }
 
 int
 dispatcher_pool_knows_model (dispatcher_pool_t *self, const char *model)
 {
-    if (zhashx_size (self->dispatchers) == 0)
+    if (!dispatcher_pool_ready (self))
         return -1;
     for (dispatcher_t *d = zhashx_first (self->dispatchers); d; d = zhashx_next (self->dispatchers))
-        if (s_serves (d, model))
+        if (!d->leaving && s_serves (d, model))
             return 1;
     return 0;
 }

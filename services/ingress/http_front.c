@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <unistd.h>
 
 struct http_front_t {
     gw_loop_t *loop;
@@ -21,10 +22,14 @@ struct http_front_t {
     struct MHD_Daemon *daemon;
     int epoll_fd;
     bool run_needed;  //  a connection was resumed: MHD_run before sleeping
+    bool quiesced;  //  no longer accepting connections
+    struct http_req_t *reqs;  //  every chat request alive, for shutdown
+    size_t active;
 };
 
-typedef struct {
+typedef struct http_req_t {
     http_front_t *front;
+    struct http_req_t *prev, *next;
     struct MHD_Connection *conn;
     char request_id[37];
     gw_buf_t body;  //  request body as it arrives
@@ -255,6 +260,11 @@ s_on_request (void *cls, struct MHD_Connection *conn, const char *url, const cha
             return MHD_NO;
         req->front = self;
         req->conn = conn;
+        req->next = self->reqs;
+        if (self->reqs)
+            self->reqs->prev = req;
+        self->reqs = req;
+        self->active++;
         gw_id_uuid (req->request_id);
         *con_cls = req;
         //  Refuse an announced oversize body before reading any of it (and before
@@ -299,6 +309,13 @@ s_on_completed (void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD
         gw_info ("http", "client went away request_id=%s reason=%d", req->request_id, (int) toe);
         dispatcher_pool_cancel (self->pool, req->job);
     }
+    if (req->prev)
+        req->prev->next = req->next;
+    else
+        self->reqs = req->next;
+    if (req->next)
+        req->next->prev = req->prev;
+    self->active--;
     gw_buf_free (&req->body);
     gw_buf_free (&req->out);
     free (req);
@@ -380,15 +397,57 @@ http_front_new (gw_loop_t *loop, dispatcher_pool_t *pool, const http_config_t *c
 }
 
 void
+http_front_quiesce (http_front_t *self)
+{
+    if (self->quiesced)
+        return;
+    self->quiesced = true;
+    //  MHD stops accepting and hands the listening socket back; closing it lets
+    //  another ingress on the same port (SO_REUSEPORT) take the new connections.
+    int fd = MHD_quiesce_daemon (self->daemon);
+    if (fd >= 0)
+        close (fd);
+    gw_info ("http", "no longer accepting connections active=%zu", self->active);
+}
+
+size_t
+http_front_active (http_front_t *self)
+{
+    return self->active;
+}
+
+void
 http_front_destroy (http_front_t **self_p)
 {
     http_front_t *self = *self_p;
     if (!self)
         return;
+    http_front_quiesce (self);
+    //  MHD refuses to stop with suspended connections: answer each one (503, or
+    //  an SSE error event for a stream already started) and let MHD flush it.
+    for (http_req_t *req = self->reqs; req; req = req->next) {
+        if (req->ended || !req->suspended)
+            continue;
+        char *body;
+        if (req->have_head)
+            body = gw_error_sse ("api_error", "shutting_down",
+                                 "The gateway is shutting down; the answer is incomplete.");
+        else {
+            body = gw_error_json ("api_error", "shutting_down", NULL,
+                                  "The gateway is shutting down; please retry.");
+            req->status = 503;
+            snprintf (req->content_type, sizeof req->content_type, "application/json");
+        }
+        if (body)
+            gw_buf_append (&req->out, body, strlen (body));
+        free (body);
+        req->ended = true;
+        s_wake (req);
+    }
+    for (int i = 0; i < 3; i++)
+        MHD_run (self->daemon);
     gw_loop_unwatch (self->loop, self->epoll_fd);
     gw_loop_set_prepare (self->loop, NULL, NULL);
-    //  Suspended connections must be resumed before MHD can stop the daemon.
-    MHD_quiesce_daemon (self->daemon);
     MHD_stop_daemon (self->daemon);
     free (self);
     *self_p = NULL;

@@ -27,7 +27,14 @@ typedef struct {
 extern const pool_client_fns_t http_front_pool_fns;
 
 http_front_t *http_front_new (gw_loop_t *loop, dispatcher_pool_t *pool, const http_config_t *config);
+/*  Ends what is still in progress (503, or an SSE error event), then stops. */
 void http_front_destroy (http_front_t **self_p);
+
+/*  Stops accepting new connections; requests already in progress go on. */
+void http_front_quiesce (http_front_t *self);
+
+/*  Chat requests in progress. */
+size_t http_front_active (http_front_t *self);
 
 /*  The port actually bound. */
 int http_front_port (http_front_t *self);

@@ -8,20 +8,26 @@
 
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/resource.h>
 #include <zmq.h>
+
+static int64_t s_grace_deadline;
+
+/*  During the shutdown grace period: stop the loop once nothing is in progress. */
+static void
+s_check_drained (gw_loop_t *loop, gw_timer_t *timer, void *arg)
+{
+    if (http_front_active (arg) == 0 || gw_now_ms () >= s_grace_deadline)
+        gw_loop_stop (loop);
+    else
+        gw_timer_start (loop, timer, 20);
+}
 
 int
 main (void)
 {
     gw_loop_catch_signals ();
     gw_log_init ("ingress");
-    //  Every client connection is a descriptor: take all the kernel allows.
-    struct rlimit rl;
-    if (getrlimit (RLIMIT_NOFILE, &rl) == 0) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit (RLIMIT_NOFILE, &rl);
-    }
+    gw_loop_raise_fd_limit ();
     pool_config_t pool_config = {
         .endpoint = gw_env_str ("GW_JOBS_BIND", "tcp://127.0.0.1:5555"),
         .heartbeat_ms = (int) gw_env_int ("GW_HEARTBEAT_MS", 1000, 10, 60000),
@@ -31,7 +37,7 @@ main (void)
     http_config_t http_config = {
         .host = gw_env_str ("GW_HTTP_HOST", "127.0.0.1"),
         .port = (int) gw_env_int ("GW_HTTP_PORT", 8080, 0, 65535),
-        .max_body_bytes = (size_t) gw_env_int ("GW_MAX_BODY_BYTES", 4 * 1024 * 1024, 1024, 1 << 30),
+        .max_body_bytes = (size_t) gw_env_int ("GW_MAX_BODY_BYTES", 4 * 1024 * 1024, 1024, 60 << 20),
         .idle_timeout_s = (int) gw_env_int ("GW_HTTP_IDLE_TIMEOUT_S", 300, 1, 86400),
     };
     void *zmq_ctx = zmq_ctx_new ();
@@ -43,6 +49,15 @@ main (void)
         gw_info ("main", "listening url=http://%s:%d jobs=%s", http_config.host, http_front_port (front),
                  pool_config.endpoint);
         rc = gw_loop_run (loop) ? 1 : 0;
+        //  SIGTERM: stop accepting, let requests in progress finish for a while
+        //  (a second signal cuts this short), then end what is left.
+        http_front_quiesce (front);
+        int64_t grace_ms = gw_env_int ("GW_SHUTDOWN_GRACE_MS", 10000, 0, 3600000);
+        gw_timer_t *check = gw_timer_new (s_check_drained, front);
+        s_grace_deadline = gw_now_ms () + grace_ms;
+        gw_timer_start (loop, check, 0);
+        gw_loop_run (loop);
+        gw_timer_destroy (loop, &check);
     }
     //  The front goes first: closing its connections cancels their jobs in the pool.
     http_front_destroy (&front);
