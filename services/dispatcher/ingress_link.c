@@ -22,6 +22,7 @@ struct ingress_link_t {
     int64_t last_sent_ms;
     uint32_t share;  //  our slots reserved for this ingress
     uint32_t busy;  //  jobs of this ingress still running, forgotten ones included
+    uint32_t owed;  //  credits freed since our last HELLO while the ingress was not listening
     zhashx_t *jobs;  //  ingress job id -> runner_job_t, jobs the ingress knows
 };
 
@@ -71,6 +72,8 @@ s_send_hello (ingress_link_t *link)
     };
     //  ZMQ_IMMEDIATE makes this fail while there is no connection, so a HELLO
     //  never waits in a queue to reach a later ingress with stale credits.
+    //  The grant already counts every slot free now.
+    link->owed = 0;
     link->hello_queued = gw_msg_send (link->dealer, NULL, 0, &msg) == 0;
     link->hello_ms = gw_now_ms ();
     if (link->hello_queued) {
@@ -125,6 +128,11 @@ s_on_message (ingress_link_t *link, gw_msg_t *msg)
     if (!link->active) {
         link->active = true;
         gw_info ("link", "ingress connected endpoint=%s", link->endpoint);
+        if (link->owed) {
+            gw_msg_t credit = { .id = GW_MSG_CREDIT, .credit = { link->owed } };
+            link->owed = 0;
+            s_send (link, &credit);
+        }
     }
     runner_job_t *job;
     switch (msg->id) {
@@ -232,6 +240,8 @@ s_job_end (runner_job_t *job, uint32_t status, const char *content_type, const c
         gw_msg_t msg = { .id = GW_MSG_CREDIT, .credit = { 1 } };
         s_send (link, &msg);
     }
+    else
+        link->owed++;  //  sent once the ingress answers our HELLO
 }
 
 const runner_fns_t ingress_link_runner_fns = { s_job_head, s_job_chunk, s_job_end };
