@@ -552,7 +552,7 @@ dispatcher_pool_models (dispatcher_pool_t *self)
 {
     json_t *data = json_array ();
     for (dispatcher_t *d = zhashx_first (self->dispatchers); d; d = zhashx_next (self->dispatchers))
-        for (size_t i = 0; i < d->models.count; i++) {
+        for (size_t i = 0; i < d->models.count && !d->leaving; i++) {
             bool seen = false;
             for (size_t k = 0; k < json_array_size (data) && !seen; k++)
                 seen = strcmp (json_string_value (json_object_get (json_array_get (data, k), "id")),
