@@ -14,21 +14,23 @@ else
   OPT := -O2 -g
 endif
 
-CFLAGS += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror $(OPT) -Iproto -Ilib -MMD -MP
+CFLAGS += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror $(OPT) -Iproto -Ilib -I/usr/include/postgresql -MMD -MP
 LDFLAGS += $(OPT)
-LIBS := -lczmq -lzmq -lmicrohttpd -lcurl -ljansson -lmsgpackc -lm -lpthread
+LIBS := -lczmq -lzmq -lmicrohttpd -lcurl -ljansson -lmsgpackc -lpq -lm -lpthread
 
 LIB_SRC := $(wildcard lib/*.c) $(wildcard proto/*.c)
 INGRESS_SRC := $(filter-out %/main.c,$(wildcard services/ingress/*.c))
 DISPATCHER_SRC := $(filter-out %/main.c,$(wildcard services/dispatcher/*.c))
+ACCOUNTING_SRC := $(filter-out %/main.c,$(wildcard services/accounting/*.c))
 MOCK_SRC := $(wildcard tools/mock-upstream/*.c)
 
 obj_of = $(patsubst %.c,$(OBJ)/%.o,$(1))
 
-PROGRAMS := $(BIN)/ingress $(BIN)/dispatcher $(BIN)/mock-upstream $(BIN)/gw-selftest
+PROGRAMS := $(BIN)/ingress $(BIN)/dispatcher $(BIN)/accounting $(BIN)/mock-upstream $(BIN)/usage-gen \
+  $(BIN)/gw-selftest
 
 DEB_PACKAGES := build-essential pkg-config libczmq-dev libzmq3-dev libmicrohttpd-dev \
-  libcurl4-openssl-dev libjansson-dev libmsgpack-dev python3 curl
+  libcurl4-openssl-dev libjansson-dev libmsgpack-dev libpq-dev postgresql python3 curl
 
 .PHONY: all deps run test test-asan asan selftest fuzz clean
 all: $(PROGRAMS)
@@ -45,15 +47,26 @@ $(BIN)/dispatcher: $(call obj_of,services/dispatcher/main.c $(DISPATCHER_SRC) $(
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
+$(BIN)/accounting: $(call obj_of,services/accounting/main.c $(ACCOUNTING_SRC) $(LIB_SRC))
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BIN)/usage-gen: $(call obj_of,tools/usage-gen/main.c services/dispatcher/usage_spool.c \
+    services/dispatcher/usage_sender.c services/accounting/price_table.c $(LIB_SRC))
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(OBJ)/tools/usage-gen/main.o: CFLAGS += -Iservices/dispatcher -Iservices/accounting
+
 $(BIN)/mock-upstream: $(call obj_of,$(MOCK_SRC))
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ -lmicrohttpd -ljansson -lpthread -lm
 
-$(BIN)/gw-selftest: $(call obj_of,tests/selftest.c $(INGRESS_SRC) $(DISPATCHER_SRC) $(LIB_SRC))
+$(BIN)/gw-selftest: $(call obj_of,tests/selftest.c $(INGRESS_SRC) $(DISPATCHER_SRC) $(ACCOUNTING_SRC) $(LIB_SRC))
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(OBJ)/tests/selftest.o: CFLAGS += -Iservices/ingress -Iservices/dispatcher
+$(OBJ)/tests/selftest.o: CFLAGS += -Iservices/ingress -Iservices/dispatcher -Iservices/accounting
 
 # Installs only what is missing, so it is quick and quiet on a ready machine.
 deps:
@@ -65,7 +78,7 @@ deps:
 	else echo "deps: all Debian packages present"; fi
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; }
 	@# The official openai SDK, for the compatibility test (tests/test_sdk.py).
 	@[ -d tests/sdk/node_modules/openai ] || (cd tests/sdk && npm ci --no-audit --no-fund --silent)
 

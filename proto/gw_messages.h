@@ -13,8 +13,8 @@
     after decode), BIN (opaque bytes), STRLIST (array of strings).
 
     Sockets: each ingress binds one ROUTER ("jobs" endpoint); each dispatcher
-    connects one DEALER to every ingress it is given. Usage events go to accounting
-    (issue 3); until then the dispatcher logs them.
+    connects one DEALER to every ingress it is given. Usage events go from the
+    dispatcher's spool to accounting (a ROUTER), which answers USAGE_ACK after commit.
 */
 #ifndef GW_MESSAGES_H_INCLUDED
 #define GW_MESSAGES_H_INCLUDED
@@ -33,7 +33,8 @@
     M (CHUNK, 8, chunk, "dispatcher to ingress: stream bytes for the client")        \
     M (END, 9, end, "dispatcher to ingress: job done, returns its credit")          \
     M (USAGE, 10, usage, "dispatcher to accounting: one upstream call's usage")     \
-    M (BYE, 11, bye, "dispatcher to ingress: stopping, send no more jobs")
+    M (BYE, 11, bye, "dispatcher to ingress: stopping, send no more jobs")         \
+    M (USAGE_ACK, 12, usage_ack, "accounting to dispatcher: these events are committed")
 
 /*  F(TYPE, field, description) */
 #define GW_HELLO_FIELDS(F)                                                          \
@@ -81,6 +82,9 @@
 
 #define GW_BYE_FIELDS(F)                                                            \
     F (STR, reason, "why the dispatcher stops; running jobs still finish")
+
+#define GW_USAGE_ACK_FIELDS(F)                                                      \
+    F (STRLIST, event_ids, "usage events now durable in PostgreSQL (or already were)")
 
 #define GW_USAGE_FIELDS(F)                                                          \
     F (STR, event_id, "unique: request_id.dispatch.attempt")                       \

@@ -9,9 +9,11 @@
 #include "gw_log.h"
 #include "gw_loop.h"
 #include "gw_proto.h"
+#include "price_table.h"
 #include "provider_table.h"
 #include "sse_reader.h"
 #include "usage_log.h"
+#include "usage_spool.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +38,8 @@ static const selftest_t s_tests[] = {
     { "call_usage", call_usage_test },
     { "sse_reader", sse_reader_test },
     { "usage_log", usage_log_test },
+    { "price_table", price_table_test },
+    { "usage_spool", usage_spool_test },
 };
 
 int

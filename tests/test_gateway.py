@@ -298,7 +298,7 @@ def test_retry_429_then_200():
         assert [u["status"] for u in usage] == [429, 200], usage
         assert [u["attempt"] for u in usage] == [1, 2]
         # Retry-After was honoured: the second attempt started at least 1 s after the first
-        assert usage[1]["started_ms"] - usage[0]["started_ms"] >= 1000
+        assert usage[1]["started_ms"] - usage[0]["started_ms"] >= 990  # ms clocks round
         # 503 twice, then 200: still transparent (GW_RETRY_MAX=2)
         st, hd, body = post(s.url, chat("[[mock status=503 times=2 id=retry-b]]", stream=True))
         assert st == 200 and harness.sse_events(body)[-1] == "[DONE]"

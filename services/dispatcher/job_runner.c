@@ -59,7 +59,8 @@ struct runner_job_t {
 struct job_runner_t {
     gw_loop_t *loop;
     provider_table_t *providers;
-    usage_log_t *usage;
+    usage_sink_fn *usage;
+    void *usage_arg;
     runner_config_t config;
     runner_fns_t fns;
     CURLM *multi;
@@ -199,7 +200,7 @@ s_emit_usage (runner_job_t *job, const call_usage_t *usage)
         .total_us = (uint64_t) (now - job->attempt_start_us),
         .started_ms = (uint64_t) job->attempt_wall_ms,
     };
-    usage_log_write (job->runner->usage, &ev);
+    job->runner->usage (job->runner->usage_arg, &ev);
 }
 
 /* ---- curl callbacks ---- */
@@ -643,7 +644,7 @@ job_runner_cancel (job_runner_t *self, runner_job_t *job)
 }
 
 job_runner_t *
-job_runner_new (gw_loop_t *loop, provider_table_t *providers, usage_log_t *usage,
+job_runner_new (gw_loop_t *loop, provider_table_t *providers, usage_sink_fn *usage, void *usage_arg,
                 const runner_config_t *config, const runner_fns_t *fns)
 {
     job_runner_t *self = calloc (1, sizeof *self);
@@ -652,6 +653,7 @@ job_runner_new (gw_loop_t *loop, provider_table_t *providers, usage_log_t *usage
     self->loop = loop;
     self->providers = providers;
     self->usage = usage;
+    self->usage_arg = usage_arg;
     self->config = *config;
     self->fns = *fns;
     self->seed = (unsigned) gw_now_us ();

@@ -14,7 +14,6 @@
 #include "gw_loop.h"
 #include "gw_proto.h"
 #include "provider_table.h"
-#include "usage_log.h"
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -41,8 +40,11 @@ typedef struct {
     size_t max_body_bytes;  //  a larger non-streamed answer is refused
 } runner_config_t;
 
-job_runner_t *job_runner_new (gw_loop_t *loop, provider_table_t *providers, usage_log_t *usage,
-                              const runner_config_t *config, const runner_fns_t *fns);
+/*  Where each upstream call's usage event goes (the spool, the log). */
+typedef void (usage_sink_fn) (void *arg, const gw_usage_t *event);
+
+job_runner_t *job_runner_new (gw_loop_t *loop, provider_table_t *providers, usage_sink_fn *usage,
+                              void *usage_arg, const runner_config_t *config, const runner_fns_t *fns);
 void job_runner_destroy (job_runner_t **self_p);
 
 /*  Starts a job; takes the strings and body out of msg (they are NULLed).

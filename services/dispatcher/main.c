@@ -1,6 +1,7 @@
 /*  dispatcher: runs chat jobs from the ingresses against upstream providers.
-    Wires configuration, the provider table, the usage log, the job runner
-    (libcurl) and the ingress links (ZeroMQ) onto one loop. */
+    Wires configuration, the provider table, the usage path (spool and sender to
+    accounting, optional JSON log), the job runner (libcurl) and the ingress links
+    (ZeroMQ) onto one loop. */
 #include "gw_env.h"
 #include "gw_id.h"
 #include "gw_log.h"
@@ -9,6 +10,8 @@
 #include "job_runner.h"
 #include "provider_table.h"
 #include "usage_log.h"
+#include "usage_sender.h"
+#include "usage_spool.h"
 
 #include <curl/curl.h>
 #include <stdio.h>
@@ -16,6 +19,23 @@
 #include <zmq.h>
 
 static int64_t s_grace_deadline;
+
+typedef struct {
+    usage_log_t *log;
+    usage_sender_t *sender;
+} s_usage_out_t;
+
+/*  Every upstream call's usage: to the spool (durable, then accounting) and,
+    when configured, to the JSON-lines log. */
+static void
+s_on_usage (void *arg, const gw_usage_t *event)
+{
+    s_usage_out_t *out = arg;
+    if (out->sender)
+        usage_sender_submit (out->sender, event);
+    if (out->log)
+        usage_log_write (out->log, event);
+}
 
 /*  During the shutdown grace period: stop the loop once no job is running. */
 static void
@@ -59,9 +79,29 @@ main (void)
     void *zmq_ctx = zmq_ctx_new ();
     gw_loop_t *loop = gw_loop_new ();
     provider_table_t *providers = provider_table_new ();
-    usage_log_t *usage = usage_log_new (gw_env_str ("GW_USAGE_LOG", NULL));
-    job_runner_t *runner = providers && usage && loop
-                               ? job_runner_new (loop, providers, usage, &runner_config, &ingress_link_runner_fns)
+    s_usage_out_t usage = { 0 };
+    bool usage_ok = true;
+    const char *usage_log_path = gw_env_str ("GW_USAGE_LOG", NULL);
+    const char *accounting = gw_env_str ("GW_ACCOUNTING_ENDPOINTS", NULL);
+    //  Without accounting the log (stderr at least) is the only record.
+    if (usage_log_path || !accounting)
+        usage_ok &= (usage.log = usage_log_new (usage_log_path)) != NULL;
+    usage_spool_t *spool = NULL;
+    if (accounting && loop) {
+        sender_config_t sender_config = {
+            .endpoints = accounting,
+            .resend_ms = (int) gw_env_int ("GW_USAGE_RESEND_MS", 2000, 10, 600000),
+        };
+        spool = usage_spool_new (gw_env_str ("GW_SPOOL_DIR", "var/spool/dispatcher"),
+                                 (size_t) gw_env_int ("GW_SPOOL_MAX_BYTES", 256 << 20, 1 << 20, (int64_t) 1 << 40));
+        usage.sender = spool ? usage_sender_new (loop, zmq_ctx, &sender_config, spool) : NULL;
+        usage_ok &= usage.sender != NULL;
+    }
+    else
+        gw_warn ("main", "GW_ACCOUNTING_ENDPOINTS unset: usage events are only logged, not stored");
+    job_runner_t *runner = providers && usage_ok && loop
+                               ? job_runner_new (loop, providers, s_on_usage, &usage, &runner_config,
+                                                 &ingress_link_runner_fns)
                                : NULL;
     ingress_links_t *links = runner ? ingress_links_new (loop, zmq_ctx, &links_config, providers, runner) : NULL;
     int rc = 1;
@@ -80,8 +120,12 @@ main (void)
         gw_timer_destroy (loop, &check);
     }
     ingress_links_destroy (&links);
+    //  The runner records the usage of calls cut at shutdown: the sender and the
+    //  spool go after it.
     job_runner_destroy (&runner);
-    usage_log_destroy (&usage);
+    usage_sender_destroy (&usage.sender);
+    usage_spool_destroy (&spool);
+    usage_log_destroy (&usage.log);
     provider_table_destroy (&providers);
     gw_loop_destroy (&loop);
     zmq_ctx_term (zmq_ctx);

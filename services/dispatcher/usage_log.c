@@ -84,7 +84,8 @@ usage_log_write (usage_log_t *self, const gw_usage_t *event)
     char *line = usage_log_json (event);
     if (!line)
         return -1;
-    gw_info ("usage", "%s", line);
+    //  On stderr at info level only when it is the sole record.
+    gw_log (self->fd >= 0 ? GW_LOG_DEBUG : GW_LOG_INFO, "usage", "%s", line);
     int rc = 0;
     if (self->fd >= 0) {
         size_t n = strlen (line);

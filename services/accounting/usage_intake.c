@@ -1,0 +1,167 @@
+/*  usage_intake.c: batches of usage events, priced, stored, then acknowledged. */
+#include "usage_intake.h"
+#include "gw_log.h"
+#include "gw_proto.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+typedef struct {
+    char rid[256];  //  the dispatcher that sent it
+    size_t rid_size;
+    gw_msg_t msg;
+} s_item_t;
+
+struct usage_intake_t {
+    gw_loop_t *loop;
+    intake_config_t config;
+    usage_store_t *store;
+    price_table_t *prices;
+    void *router;
+    s_item_t *items;
+    usage_row_t *rows;
+    gw_timer_t *reconnect_timer;
+    int reconnect_ms;
+    uint64_t stored, unpriced, batches;
+};
+
+static void
+s_ack (usage_intake_t *self, size_t n)
+{
+    //  One USAGE_ACK per dispatcher per batch, with all of its events.
+    bool *done = calloc (n, sizeof *done);
+    for (size_t i = 0; i < n; i++) {
+        if (done[i])
+            continue;
+        gw_msg_t ack = { .id = GW_MSG_USAGE_ACK };
+        for (size_t k = i; k < n; k++)
+            if (!done[k] && self->items[k].rid_size == self->items[i].rid_size
+                && memcmp (self->items[k].rid, self->items[i].rid, self->items[i].rid_size) == 0) {
+                gw_strlist_append (&ack.usage_ack.event_ids, self->items[k].msg.usage.event_id);
+                done[k] = true;
+            }
+        //  A dispatcher that left meanwhile gets nothing; it resends after restart.
+        gw_msg_send (self->router, self->items[i].rid, self->items[i].rid_size, &ack);
+        gw_strlist_clear (&ack.usage_ack.event_ids);
+    }
+    free (done);
+}
+
+static void
+s_on_reconnect (gw_loop_t *loop, gw_timer_t *timer, void *arg)
+{
+    usage_intake_t *self = arg;
+    if (usage_store_connect (self->store) == 0) {
+        self->reconnect_ms = 100;
+        return;
+    }
+    //  Back off up to 5 s: events wait safely in the dispatchers' spools.
+    self->reconnect_ms = self->reconnect_ms < 2500 ? self->reconnect_ms * 2 : 5000;
+    gw_timer_start (loop, timer, self->reconnect_ms);
+}
+
+static void
+s_on_router (gw_loop_t *loop, void *socket, void *arg)
+{
+    (void) loop;
+    usage_intake_t *self = arg;
+    size_t n = 0;
+    while (n < self->config.batch_max) {
+        s_item_t *it = &self->items[n];
+        gw_decode_t rc = gw_msg_recv (socket, it->rid, &it->rid_size, &it->msg);
+        if (rc == GW_DECODE_INTERRUPTED)
+            break;
+        if (rc != GW_DECODE_OK || it->msg.id != GW_MSG_USAGE) {
+            if (rc == GW_DECODE_OK)
+                gw_warn ("intake", "unexpected message id=%s", gw_msg_name (it->msg.id));
+            else
+                gw_warn ("intake", "malformed or foreign-version message dropped");
+            gw_msg_clear (&it->msg);
+            continue;
+        }
+        n++;
+    }
+    if (n == 0)
+        return;
+    if (!usage_store_ready (self->store)) {
+        //  Not stored, not acknowledged: the spools will send these again.
+        if (!gw_timer_active (self->reconnect_timer))
+            gw_timer_start (loop, self->reconnect_timer, 0);
+    }
+    else {
+        for (size_t i = 0; i < n; i++) {
+            const gw_usage_t *e = &self->items[i].msg.usage;
+            usage_row_t *row = &self->rows[i];
+            row->event = e;
+            row->priced = price_table_cost (self->prices, e->provider, e->upstream_model, self->config.currency,
+                                            (int64_t) e->started_ms, e->cache_hit_tokens, e->cache_miss_tokens,
+                                            e->completion_tokens, &row->cost_pico)
+                          == 0;
+            if (!row->priced) {
+                row->cost_pico = 0;
+                self->unpriced++;
+            }
+        }
+        if (usage_store_insert (self->store, self->rows, n) == 0) {
+            self->stored += n;
+            self->batches++;
+            s_ack (self, n);
+        }
+        else if (!gw_timer_active (self->reconnect_timer))
+            gw_timer_start (loop, self->reconnect_timer, self->reconnect_ms);
+    }
+    for (size_t i = 0; i < n; i++)
+        gw_msg_clear (&self->items[i].msg);
+}
+
+usage_intake_t *
+usage_intake_new (gw_loop_t *loop, void *zmq_ctx, const intake_config_t *config, usage_store_t *store,
+                  price_table_t *prices)
+{
+    usage_intake_t *self = calloc (1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->loop = loop;
+    self->config = *config;
+    self->store = store;
+    self->prices = prices;
+    self->reconnect_ms = 100;
+    self->items = calloc (config->batch_max, sizeof *self->items);
+    self->rows = calloc (config->batch_max, sizeof *self->rows);
+    self->reconnect_timer = gw_timer_new (s_on_reconnect, self);
+    self->router = zmq_socket (zmq_ctx, ZMQ_ROUTER);
+    int zero = 0, hwm = 200000;
+    zmq_setsockopt (self->router, ZMQ_LINGER, &zero, sizeof zero);
+    //  While the database is away, what does not fit here is dropped and sent
+    //  again from the spools later: the bound protects our memory, not the data.
+    zmq_setsockopt (self->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt (self->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    if (!self->items || !self->rows || zmq_bind (self->router, config->endpoint)) {
+        gw_error ("intake", "cannot bind endpoint=%s error=%s", config->endpoint, zmq_strerror (errno));
+        usage_intake_destroy (&self);
+        return NULL;
+    }
+    gw_loop_add_socket (loop, self->router, s_on_router, self);
+    gw_timer_start (loop, self->reconnect_timer, 0);
+    gw_info ("intake", "usage endpoint bound endpoint=%s currency=%s", config->endpoint, config->currency);
+    return self;
+}
+
+void
+usage_intake_destroy (usage_intake_t **self_p)
+{
+    usage_intake_t *self = *self_p;
+    if (!self)
+        return;
+    gw_info ("intake", "stopping stored=%llu unpriced=%llu batches=%llu", (unsigned long long) self->stored,
+             (unsigned long long) self->unpriced, (unsigned long long) self->batches);
+    gw_timer_destroy (self->loop, &self->reconnect_timer);
+    if (self->router)
+        zmq_close (self->router);
+    free (self->items);
+    free (self->rows);
+    free (self);
+    *self_p = NULL;
+}

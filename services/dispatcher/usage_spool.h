@@ -1,0 +1,87 @@
+/*  usage_spool.h: the dispatcher's durable queue of usage events for accounting.
+
+    Every usage event is appended here and made durable (fdatasync) before it is
+    sent; it is forgotten only when accounting acknowledges it after its database
+    commit. After a restart, even after SIGKILL in the middle of a write, every
+    durable event not acknowledged is pending again and goes out again (accounting
+    deduplicates by event_id, so a resend is harmless).
+
+    Use per loop turn: usage_spool_append() each new event (memory only, O(1)),
+    then once usage_spool_sync() (one write and one fdatasync for the whole turn,
+    group commit), then usage_spool_due() to send what is durable and due, and
+    usage_spool_ack() for each USAGE_ACK event id.
+
+    On disk: segment files spool-<16 hex digits>.log in one directory that belongs
+    to one dispatcher instance (a second process opening it is refused). The
+    record format is described in usage_spool.c. Not thread-safe: one loop owns it.
+*/
+#ifndef USAGE_SPOOL_H_INCLUDED
+#define USAGE_SPOOL_H_INCLUDED
+
+#include "gw_proto.h"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*  A segment is closed and a new one started once it holds this many bytes, so
+    that old segments whose events are all acknowledged can be unlinked. */
+#define USAGE_SPOOL_SEGMENT_SIZE (8u * 1024 * 1024)
+
+/*  Largest record; a bigger event is refused (usage events are a few hundred
+    bytes). Also bounds what a damaged file can make the replay allocate. */
+#define USAGE_SPOOL_RECORD_MAX (1u * 1024 * 1024)
+
+typedef struct usage_spool_t usage_spool_t;
+
+/*  Receives one due event: its id and its encoded USAGE message, ready to send
+    as one ZeroMQ frame. The bytes are borrowed; fn must not call the spool.
+    Returns false when it could not send (the event stays due and the walk stops). */
+typedef bool (usage_spool_send_fn) (void *arg, const char *event_id, const void *bytes, size_t size);
+
+/*  Opens the spool directory (creating it and its parents) and replays its
+    segments: every complete event not followed by an acknowledgement is pending
+    again; a torn tail (crash mid-write) is cut off the file. max_bytes bounds
+    the bytes of pending events (usage_spool_bytes). NULL on error (logged). */
+usage_spool_t *usage_spool_new (const char *dir, size_t max_bytes);
+
+/*  Writes what is buffered (acknowledgements, events not yet synced: one more
+    usage_spool_sync) and closes. */
+void usage_spool_destroy (usage_spool_t **self_p);
+
+/*  Appends a copy of one event. Memory only: durable after the next successful
+    usage_spool_sync(). An event_id already pending is kept once (returns 0).
+    Returns -1 when the spool is full (pending bytes would exceed max_bytes; a
+    usage_spool_ack makes room) or the event is too big or memory ran out. */
+int usage_spool_append (usage_spool_t *self, const gw_usage_t *event);
+
+/*  Group commit: writes every record appended since the last sync with one
+    write and one fdatasync, then reclaims segments whose events are all
+    acknowledged. Returns 0, or -1 (logged): the unsynced events stay buffered
+    and the next sync retries them in a new segment. */
+int usage_spool_sync (usage_spool_t *self);
+
+/*  Calls fn for each durable pending event never sent, or last sent more than
+    resend_ms before now_ms (a monotonic clock), at most max events, oldest
+    first, and records now_ms as its send time. Returns how many. */
+size_t usage_spool_due (usage_spool_t *self, int64_t now_ms, int64_t resend_ms, size_t max,
+                        usage_spool_send_fn *fn, void *arg);
+
+/*  When usage_spool_due() next has something to hand out: 0 if it has now,
+    else the now_ms at which a resend becomes due, INT64_MAX if never (nothing
+    durable is pending). For the caller's timer. */
+int64_t usage_spool_next_due (usage_spool_t *self, int64_t resend_ms);
+
+/*  The event is committed downstream: forget it. Unknown ids are ignored (acks
+    repeat). The acknowledgement is recorded by the next usage_spool_sync();
+    losing it in a crash only means one harmless resend. */
+void usage_spool_ack (usage_spool_t *self, const char *event_id);
+
+/*  Events not acknowledged (synced or not). */
+size_t usage_spool_pending (usage_spool_t *self);
+
+/*  Their record bytes, what max_bytes bounds. */
+size_t usage_spool_bytes (usage_spool_t *self);
+
+void usage_spool_test (bool verbose);
+
+#endif
