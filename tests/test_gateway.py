@@ -118,7 +118,7 @@ def wait_for(predicate, timeout, what):
         try:
             if predicate():
                 return
-        except OSError:
+        except (OSError, RuntimeError):  # not up yet: a refused connection, a missing table
             pass
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")

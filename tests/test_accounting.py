@@ -1,0 +1,144 @@
+"""Accounting: every usage event stored exactly once in PostgreSQL, through crashes and outages.
+
+Real PostgreSQL (tests/pg.py), real accounting instances, the real dispatcher spool
+and sender (through bin/usage-gen or a whole gateway stack).
+"""
+
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+
+import harness
+from pg import Postgres
+from test_gateway import BIN, Stack, chat, kill9, post, wait_for
+
+
+def start_accounting(db, endpoint, extra=None):
+    env = {"DATABASE_URL": db.dsn, "GW_ACCOUNTING_BIND": endpoint, "GW_LOG_LEVEL": "info"}
+    env.update(extra or {})
+    return harness.start("accounting", [os.path.join(BIN, "accounting")], env)
+
+
+def usage_gen(endpoints, spool, count, first=0, timeout_s=120, env=None):
+    """Starts bin/usage-gen; returns the Popen (stdout: one JSON line)."""
+    full_env = dict(os.environ)
+    full_env.update({"GW_LOG_LEVEL": "warn", "GW_USAGE_RESEND_MS": "500", "USAGE_GEN_STARTED_MS": "1795000000000"})
+    full_env.update(env or {})
+    return subprocess.Popen([os.path.join(BIN, "usage-gen"), "--count", str(count), "--first", str(first),
+                             "--endpoints", endpoints, "--spool", spool, "--timeout-s", str(timeout_s)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
+
+
+def totals(db, where="true"):
+    row = db.psql("SELECT count(*), count(DISTINCT event_id), coalesce(sum(cache_hit_tokens),0),"
+                  " coalesce(sum(cache_miss_tokens),0), coalesce(sum(completion_tokens),0),"
+                  f" coalesce(sum(cost_pico),0), count(*) FILTER (WHERE cost_pico IS NULL) FROM usage_events WHERE {where}")
+    return [int(x) for x in row.strip().split("|")]
+
+
+def test_each_event_twice_with_accounting_killed_repeatedly():
+    """N events, each sent twice (two generators, two spools), while two accounting
+    instances are SIGKILLed and restarted every second: rows = distinct events and the
+    token and cost sums equal the generator's totals exactly."""
+    count = 50000
+    with Postgres() as db, tempfile.TemporaryDirectory() as tmp:
+        endpoints = [f"tcp://127.0.0.1:{harness.free_port()}" for _ in range(2)]
+        # both start at once on an empty database: the migration lock holds
+        acc = [start_accounting(db, ep) for ep in endpoints]
+        gens = [usage_gen(",".join(endpoints), os.path.join(tmp, f"spool-{i}"), count) for i in range(2)]
+        kills = 0
+        deadline = time.monotonic() + 100
+        while any(g.poll() is None for g in gens) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            if kills < 8:
+                victim = kills % 2
+                kill9(acc[victim])
+                acc[victim] = start_accounting(db, endpoints[victim])
+                kills += 1
+        outs = [g.communicate(timeout=30) for g in gens]
+        for g, (out, err) in zip(gens, outs):
+            assert g.returncode == 0, err[-2000:]
+        expected = json.loads(outs[0][0])
+        assert expected == {**json.loads(outs[1][0]), "seconds": expected["seconds"],
+                            "events_per_s": expected["events_per_s"]}
+        rows, distinct, hit, miss, out_tokens, cost, unpriced = totals(db)
+        assert kills >= 2, "the run ended before accounting was killed"
+        assert rows == distinct == count, (rows, distinct)
+        assert (hit, miss, out_tokens) == (expected["cache_hit_tokens"], expected["cache_miss_tokens"],
+                                           expected["completion_tokens"])
+        assert cost == expected["cost_pico"] and unpriced == 0
+        for a in acc:
+            a.stop()
+
+
+def test_cost_of_a_known_mix_matches_hand_computation():
+    """One event through the whole path, priced at V3.2 CNY: ¥0.2 / ¥2 / ¥3 per 1M tokens."""
+    with Postgres() as db, tempfile.TemporaryDirectory() as tmp:
+        ep = f"tcp://127.0.0.1:{harness.free_port()}"
+        acc = start_accounting(db, ep)
+        gen = usage_gen(ep, os.path.join(tmp, "spool"), 1, first=12345)
+        out, err = gen.communicate(timeout=60)
+        assert gen.returncode == 0, err
+        # usage-gen's event 12345: hit = 12345*7 % 1000, miss = 10 + 12345*13 % 2000, out = 1 + 12345*31 % 4000
+        hit, miss, output = 12345 * 7 % 1000, 10 + 12345 * 13 % 2000, 1 + 12345 * 31 % 4000
+        expected_pico = hit * 200000 + miss * 2000000 + output * 3000000  # micro-yuan per 1M tokens x tokens
+        row = db.psql("SELECT cache_hit_tokens, cache_miss_tokens, completion_tokens, cost_pico, currency"
+                      " FROM usage_events WHERE event_id = 'gen-12345'").strip().split("|")
+        assert [int(x) for x in row[:4]] == [hit, miss, output, expected_pico], row
+        assert row[4] == "CNY"
+        acc.stop()
+
+
+def test_gateway_keeps_serving_while_postgres_is_down():
+    with Postgres() as db, tempfile.TemporaryDirectory() as tmp:
+        ep = f"tcp://127.0.0.1:{harness.free_port()}"
+        acc = start_accounting(db, ep)
+        with Stack(dispatcher_env={"GW_ACCOUNTING_ENDPOINTS": ep, "GW_SPOOL_DIR": os.path.join(tmp, "spool"),
+                                   "GW_USAGE_RESEND_MS": "300"}) as s:
+            results = []
+
+            def load():
+                for i in range(120):
+                    results.append(post(s.url, chat(f"outage {i}"))[0])
+                    time.sleep(0.02)
+
+            t = threading.Thread(target=load)
+            t.start()
+            time.sleep(0.5)
+            db.stop()
+            time.sleep(1.5)
+            db.start()
+            t.join(60)
+            assert results == [200] * 120
+            wait_for(lambda: totals(db)[0] >= 120, 30, "all usage rows after the outage")
+            time.sleep(0.5)
+            rows, distinct = totals(db)[:2]
+            assert rows == distinct == 120
+            assert int(db.psql("SELECT count(DISTINCT request_id) FROM usage_events")) == 120
+        acc.stop()
+
+
+def test_dispatcher_killed_with_unacknowledged_events_resends_them():
+    with Postgres() as db, tempfile.TemporaryDirectory() as tmp:
+        ep = f"tcp://127.0.0.1:{harness.free_port()}"
+        spool = os.path.join(tmp, "spool")
+        env = {"GW_ACCOUNTING_ENDPOINTS": ep, "GW_SPOOL_DIR": spool, "GW_USAGE_RESEND_MS": "300"}
+        with Stack(dispatcher_env=env) as s:
+            # accounting is not running yet: events can only wait in the spool
+            ids = []
+            for i in range(25):
+                st, hd, _ = post(s.url, chat(f"spooled {i}", stream=i % 2 == 1))
+                assert st == 200
+                ids.append(hd["x-request-id"])
+            kill9(s.dispatchers[0])
+            acc = start_accounting(db, ep)
+            s.add_dispatcher(env)
+            wait_for(lambda: totals(db)[0] >= 25, 30, "the spooled events")
+            time.sleep(0.5)
+            assert totals(db)[:2] == [25, 25]
+            stored = set(db.psql("SELECT request_id FROM usage_events").split())
+            assert stored == set(ids)
+        acc.stop()
