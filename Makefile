@@ -27,7 +27,7 @@ MOCK_SRC := $(wildcard tools/mock-upstream/*.c)
 obj_of = $(patsubst %.c,$(OBJ)/%.o,$(1))
 
 PROGRAMS := $(BIN)/ingress $(BIN)/dispatcher $(BIN)/accounting $(BIN)/mock-upstream $(BIN)/usage-gen \
-  $(BIN)/gw-selftest
+  $(BIN)/gw-report $(BIN)/gw-selftest
 
 DEB_PACKAGES := build-essential pkg-config libczmq-dev libzmq3-dev libmicrohttpd-dev \
   libcurl4-openssl-dev libjansson-dev libmsgpack-dev libpq-dev postgresql python3 curl
@@ -53,6 +53,10 @@ $(BIN)/accounting: $(call obj_of,services/accounting/main.c $(ACCOUNTING_SRC) $(
 
 $(BIN)/usage-gen: $(call obj_of,tools/usage-gen/main.c services/dispatcher/usage_spool.c \
     services/dispatcher/usage_sender.c services/accounting/price_table.c $(LIB_SRC))
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BIN)/gw-report: $(call obj_of,tools/gw-report/main.c $(LIB_SRC))
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 

@@ -34,7 +34,9 @@
     M (END, 9, end, "dispatcher to ingress: job done, returns its credit")          \
     M (USAGE, 10, usage, "dispatcher to accounting: one upstream call's usage")     \
     M (BYE, 11, bye, "dispatcher to ingress: stopping, send no more jobs")         \
-    M (USAGE_ACK, 12, usage_ack, "accounting to dispatcher: these events are committed")
+    M (USAGE_ACK, 12, usage_ack, "accounting to dispatcher: these events are committed") \
+    M (REPORT_REQUEST, 13, report_request, "ingress or tool to accounting: a usage report") \
+    M (REPORT_REPLY, 14, report_reply, "accounting to the asker: the report as JSON")
 
 /*  F(TYPE, field, description) */
 #define GW_HELLO_FIELDS(F)                                                          \
@@ -85,6 +87,19 @@
 
 #define GW_USAGE_ACK_FIELDS(F)                                                      \
     F (STRLIST, event_ids, "usage events now durable in PostgreSQL (or already were)")
+
+#define GW_REPORT_REQUEST_FIELDS(F)                                                 \
+    F (U64, correlation, "asker's id, echoed in the reply")                        \
+    F (STR, period, "today, yesterday, week, month, all, or custom (from/to)")     \
+    F (U64, from_ms, "custom period start, unix ms, inclusive")                   \
+    F (U64, to_ms, "custom period end, unix ms, exclusive")                       \
+    F (STR, group_by, "none, model, day, key or provider")                        \
+    F (STR, api_key_id, "only this key's usage; empty for all (admin)")
+
+#define GW_REPORT_REPLY_FIELDS(F)                                                   \
+    F (U64, correlation, "the request's correlation id")                          \
+    F (U32, status, "HTTP-like status: 200, 400 bad request, 503 database down")  \
+    F (BIN, body, "JSON report, or an OpenAI-style error body")
 
 #define GW_USAGE_FIELDS(F)                                                          \
     F (STR, event_id, "unique: request_id.dispatch.attempt")                       \

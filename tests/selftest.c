@@ -9,6 +9,7 @@
 #include "gw_log.h"
 #include "gw_loop.h"
 #include "gw_proto.h"
+#include "gw_time.h"
 #include "price_table.h"
 #include "provider_table.h"
 #include "sse_reader.h"
@@ -32,6 +33,7 @@ static const selftest_t s_tests[] = {
     { "gw_error", gw_error_test },
     { "gw_id", gw_id_test },
     { "gw_loop", gw_loop_test },
+    { "gw_time", gw_time_test },
     { "chat_request", chat_request_test },
     { "dispatcher_pool", dispatcher_pool_test },
     { "provider_table", provider_table_test },

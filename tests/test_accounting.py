@@ -142,3 +142,48 @@ def test_dispatcher_killed_with_unacknowledged_events_resends_them():
             stored = set(db.psql("SELECT request_id FROM usage_events").split())
             assert stored == set(ids)
         acc.stop()
+
+
+def test_usage_reports_over_http_and_cli():
+    with Postgres() as db, tempfile.TemporaryDirectory() as tmp:
+        ep = f"tcp://127.0.0.1:{harness.free_port()}"
+        acc = start_accounting(db, ep)
+        with Stack(ingress_env={"GW_ACCOUNTING_ENDPOINTS": ep, "GW_REPORT_TIMEOUT_MS": "1000"},
+                   dispatcher_env={"GW_ACCOUNTING_ENDPOINTS": ep, "GW_SPOOL_DIR": os.path.join(tmp, "spool"),
+                                   "GW_USAGE_RESEND_MS": "300"}) as s:
+            for i in range(6):
+                model = "deepseek-chat" if i < 4 else "deepseek-reasoner"
+                assert post(s.url, chat(f"report {i} [[mock tokens=10 reasoning=5 cache=3]]", model))[0] == 200
+            wait_for(lambda: totals(db)[0] == 6, 20, "six usage rows")
+            st, _, body = harness.http("GET", s.url + "/v1/usage?period=today&group_by=model")
+            assert st == 200, body
+            report = json.loads(body)
+            assert report["object"] == "usage_report" and report["currency"] == "CNY"
+            by_model = {r["group"]: r for r in report["data"]}
+            assert by_model["deepseek-chat"]["calls"] == 4 and by_model["deepseek-reasoner"]["calls"] == 2
+            assert by_model["deepseek-reasoner"]["reasoning_tokens"] == 10
+            assert report["total"]["cache_hit_tokens"] == 18 and report["total"]["requests"] == 6
+            # the report's cost is the exact sum of the stored costs
+            cost_pico = int(db.psql("SELECT sum(cost_pico) FROM usage_events"))
+            assert report["total"]["cost_pico"] == str(cost_pico) and cost_pico > 0
+            # a period that holds nothing, a custom one, a bad one
+            st, _, body = harness.http("GET", s.url + "/v1/usage?period=yesterday")
+            assert st == 200 and json.loads(body)["total"]["calls"] == 0
+            st, _, body = harness.http("GET", s.url + "/v1/usage?from=2020-01-01&to=2030-01-01&group_by=day")
+            assert st == 200 and json.loads(body)["total"]["calls"] == 6
+            st, _, body = harness.http("GET", s.url + "/v1/usage?period=fortnight")
+            assert st == 400 and "period" in json.loads(body)["error"]["message"]
+            st, _, body = harness.http("GET", s.url + "/v1/usage?from=yesterday&to=today")
+            assert st == 400
+            # the operator's command-line tool says the same
+            cli = subprocess.run([os.path.join(BIN, "gw-report"), "--accounting", ep, "--period", "month",
+                                  "--by", "model", "--json"], capture_output=True, text=True, timeout=30)
+            assert cli.returncode == 0, cli.stderr
+            assert json.loads(cli.stdout)["total"]["cost_pico"] == str(cost_pico)
+            table = subprocess.run([os.path.join(BIN, "gw-report"), "--accounting", ep, "--by", "model"],
+                                   capture_output=True, text=True, timeout=30).stdout
+            assert "deepseek-reasoner" in table and "TOTAL" in table
+            # accounting gone: a clear 503, not a hang
+            acc.stop()
+            st, _, body = harness.http("GET", s.url + "/v1/usage", timeout=30)
+            assert st == 503 and json.loads(body)["error"]["code"] == "accounting_unavailable"

@@ -178,6 +178,8 @@ usage_store_connect (usage_store_t *self)
         self->conn = NULL;
         return -1;
     }
+    //  Days, weeks and months of reports are UTC ones.
+    s_exec (self, "SET TIME ZONE 'UTC'", PGRES_COMMAND_OK);
     self->ready = true;
     gw_info ("store", "connected to PostgreSQL");
     return 0;
@@ -276,4 +278,19 @@ usage_store_insert (usage_store_t *self, const usage_row_t *rows, size_t n)
         gw_warn ("store", "batch not stored rows=%zu", n);
     }
     return rc;
+}
+
+PGresult *
+usage_store_query (usage_store_t *self, const char *sql, int nparams, const char *const *values)
+{
+    if (!self->ready)
+        return NULL;
+    PGresult *res = PQexecParams (self->conn, sql, nparams, NULL, values, NULL, NULL, 0);
+    if (PQresultStatus (res) == PGRES_TUPLES_OK)
+        return res;
+    gw_error ("store", "query failed error=%s", PQerrorMessage (self->conn));
+    PQclear (res);
+    if (PQstatus (self->conn) != CONNECTION_OK)
+        self->ready = false;
+    return NULL;
 }

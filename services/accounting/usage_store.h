@@ -39,4 +39,10 @@ bool usage_store_ready (usage_store_t *self);
     is reset on the next usage_store_connect). */
 int usage_store_insert (usage_store_t *self, const usage_row_t *rows, size_t n);
 
+/*  Runs a read-only query with text parameters on the store's connection.
+    Returns the result (caller PQclears) or NULL on failure (logged; a broken
+    connection makes the store not ready). */
+struct pg_result;
+struct pg_result *usage_store_query (usage_store_t *self, const char *sql, int nparams, const char *const *values);
+
 #endif

@@ -5,6 +5,7 @@
 #include "gw_error.h"
 #include "gw_id.h"
 #include "gw_log.h"
+#include "gw_time.h"
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
@@ -18,6 +19,7 @@
 struct http_front_t {
     gw_loop_t *loop;
     dispatcher_pool_t *pool;
+    report_client_t *reports;
     http_config_t config;
     struct MHD_Daemon *daemon;
     int epoll_fd;
@@ -35,6 +37,7 @@ typedef struct http_req_t {
     gw_buf_t body;  //  request body as it arrives
     bool too_large;
     pool_job_t *job;  //  set while the pool may call us
+    bool report_pending;  //  set while the report client may call us
     bool suspended;
     bool submitted;
     bool have_head;  //  a stream started: status and type are sent
@@ -111,6 +114,7 @@ s_pool_end (void *client, uint32_t status, const char *content_type, const uint8
 {
     http_req_t *req = client;
     req->job = NULL;
+    req->report_pending = false;
     req->ended = true;
     if (!req->have_head) {
         req->status = status;
@@ -219,7 +223,7 @@ s_get (http_front_t *self, struct MHD_Connection *conn, const char *url)
     return s_reply (conn, 200, "application/json", body, NULL);
 }
 
-typedef enum { ROUTE_NONE, ROUTE_CHAT, ROUTE_MODELS, ROUTE_HEALTH } route_t;
+typedef enum { ROUTE_NONE, ROUTE_CHAT, ROUTE_MODELS, ROUTE_HEALTH, ROUTE_USAGE } route_t;
 
 static route_t
 s_route (const char *url)
@@ -230,7 +234,60 @@ s_route (const char *url)
         return ROUTE_MODELS;
     if (strcmp (url, "/health") == 0 || strcmp (url, "/ready") == 0)
         return ROUTE_HEALTH;
+    if (strcmp (url, "/v1/usage") == 0)
+        return ROUTE_USAGE;
     return ROUTE_NONE;
+}
+
+static http_req_t *
+s_req_new (http_front_t *self, struct MHD_Connection *conn)
+{
+    http_req_t *req = calloc (1, sizeof *req);
+    if (!req)
+        return NULL;
+    req->front = self;
+    req->conn = conn;
+    req->next = self->reqs;
+    if (self->reqs)
+        self->reqs->prev = req;
+    self->reqs = req;
+    self->active++;
+    gw_id_uuid (req->request_id);
+    return req;
+}
+
+/*  GET /v1/usage?period=&group_by=&from=&to=: asked of accounting, answered
+    when it replies (the connection waits suspended meanwhile). */
+static enum MHD_Result
+s_ask_usage (http_front_t *self, http_req_t *req)
+{
+    if (!self->reports)
+        return s_reply_error (req->conn, 503, "api_error", "accounting_unavailable", req->request_id,
+                              "Usage reports need the accounting service (set GW_ACCOUNTING_ENDPOINTS).");
+    const char *period = MHD_lookup_connection_value (req->conn, MHD_GET_ARGUMENT_KIND, "period");
+    const char *group_by = MHD_lookup_connection_value (req->conn, MHD_GET_ARGUMENT_KIND, "group_by");
+    const char *from = MHD_lookup_connection_value (req->conn, MHD_GET_ARGUMENT_KIND, "from");
+    const char *to = MHD_lookup_connection_value (req->conn, MHD_GET_ARGUMENT_KIND, "to");
+    gw_report_request_t ask = { .period = (char *) (period ? period : "today"),
+                                .group_by = (char *) (group_by ? group_by : "none"),
+                                .api_key_id = "" };
+    int64_t from_ms = 0, to_ms = 0;
+    if (from || to) {
+        if (gw_time_parse_ms (from, &from_ms) || gw_time_parse_ms (to, &to_ms))
+            return s_reply_error (req->conn, 400, "invalid_request_error", "invalid_period", req->request_id,
+                                  "from and to must both be YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)");
+        ask.period = "custom";
+        ask.from_ms = (uint64_t) from_ms;
+        ask.to_ms = (uint64_t) to_ms;
+    }
+    req->submitted = true;
+    req->report_pending = true;
+    report_client_ask (self->reports, req, &ask);
+    if (!req->ended) {
+        req->suspended = true;
+        MHD_suspend_connection (req->conn);
+    }
+    return MHD_YES;
 }
 
 static enum MHD_Result
@@ -250,22 +307,18 @@ s_on_request (void *cls, struct MHD_Connection *conn, const char *url, const cha
             if (!get)
                 return s_reply_error (conn, 405, "invalid_request_error", "method_not_allowed", NULL,
                                       "Method %s not allowed on %s", method, url);
-            return s_get (self, conn, url);
+            if (route != ROUTE_USAGE)
+                return s_get (self, conn, url);
+            if (!(req = s_req_new (self, conn)))
+                return MHD_NO;
+            *con_cls = req;
+            return s_ask_usage (self, req);
         }
         if (!post)
             return s_reply_error (conn, 405, "invalid_request_error", "method_not_allowed", NULL,
                                   "Method %s not allowed on %s", method, url);
-        req = calloc (1, sizeof *req);
-        if (!req)
+        if (!(req = s_req_new (self, conn)))
             return MHD_NO;
-        req->front = self;
-        req->conn = conn;
-        req->next = self->reqs;
-        if (self->reqs)
-            self->reqs->prev = req;
-        self->reqs = req;
-        self->active++;
-        gw_id_uuid (req->request_id);
         *con_cls = req;
         //  Refuse an announced oversize body before reading any of it (and before
         //  MHD answers "100 Continue").
@@ -309,6 +362,8 @@ s_on_completed (void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD
         gw_info ("http", "client went away request_id=%s reason=%d", req->request_id, (int) toe);
         dispatcher_pool_cancel (self->pool, req->job);
     }
+    if (req->report_pending)
+        report_client_forget (self->reports, req);
     if (req->prev)
         req->prev->next = req->next;
     else
@@ -363,13 +418,14 @@ s_prepare (gw_loop_t *loop, void *arg)
 }
 
 http_front_t *
-http_front_new (gw_loop_t *loop, dispatcher_pool_t *pool, const http_config_t *config)
+http_front_new (gw_loop_t *loop, dispatcher_pool_t *pool, report_client_t *reports, const http_config_t *config)
 {
     http_front_t *self = calloc (1, sizeof *self);
     if (!self)
         return NULL;
     self->loop = loop;
     self->pool = pool;
+    self->reports = reports;
     self->config = *config;
     struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons ((uint16_t) config->port) };
     if (inet_pton (AF_INET, config->host, &addr.sin_addr) != 1) {

@@ -11,6 +11,7 @@
 
 #include "dispatcher_pool.h"
 #include "gw_loop.h"
+#include "report_client.h"
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -26,7 +27,9 @@ typedef struct {
 /*  The callbacks the dispatcher pool calls for a job's client. */
 extern const pool_client_fns_t http_front_pool_fns;
 
-http_front_t *http_front_new (gw_loop_t *loop, dispatcher_pool_t *pool, const http_config_t *config);
+/*  reports may be NULL (no accounting configured: /v1/usage answers 503). */
+http_front_t *http_front_new (gw_loop_t *loop, dispatcher_pool_t *pool, report_client_t *reports,
+                              const http_config_t *config);
 /*  Ends what is still in progress (503, or an SSE error event), then stops. */
 void http_front_destroy (http_front_t **self_p);
 

@@ -5,6 +5,7 @@
 #include "gw_log.h"
 #include "gw_loop.h"
 #include "http_front.h"
+#include "report_client.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,7 +44,14 @@ main (void)
     void *zmq_ctx = zmq_ctx_new ();
     gw_loop_t *loop = gw_loop_new ();
     dispatcher_pool_t *pool = loop ? dispatcher_pool_new (loop, zmq_ctx, &pool_config, &http_front_pool_fns) : NULL;
-    http_front_t *front = pool ? http_front_new (loop, pool, &http_config) : NULL;
+    //  Usage reports come from accounting when one is configured.
+    const char *accounting = gw_env_str ("GW_ACCOUNTING_ENDPOINTS", NULL);
+    report_client_t *reports = pool && accounting
+                                   ? report_client_new (loop, zmq_ctx, accounting,
+                                                        (int) gw_env_int ("GW_REPORT_TIMEOUT_MS", 5000, 10, 600000),
+                                                        &http_front_pool_fns)
+                                   : NULL;
+    http_front_t *front = pool ? http_front_new (loop, pool, reports, &http_config) : NULL;
     int rc = 1;
     if (front) {
         gw_info ("main", "listening url=http://%s:%d jobs=%s", http_config.host, http_front_port (front),
@@ -61,6 +69,7 @@ main (void)
     }
     //  The front goes first: closing its connections cancels their jobs in the pool.
     http_front_destroy (&front);
+    report_client_destroy (&reports);
     dispatcher_pool_destroy (&pool);
     gw_loop_destroy (&loop);
     zmq_ctx_term (zmq_ctx);
