@@ -187,3 +187,34 @@ def test_usage_reports_over_http_and_cli():
             acc.stop()
             st, _, body = harness.http("GET", s.url + "/v1/usage", timeout=30)
             assert st == 503 and json.loads(body)["error"]["code"] == "accounting_unavailable"
+
+
+def test_full_spool_refuses_new_jobs_until_accounting_drains_it():
+    """GW_SPOOL_FULL_POLICY=refuse (the default): with accounting away and the spool
+    near its bound, the dispatcher takes no new jobs (clients get 503) rather than
+    serve calls it could not record; once accounting is back it drains and serves
+    again, and every call that was served has exactly one row."""
+    with Postgres() as db, tempfile.TemporaryDirectory() as tmp:
+        ep = f"tcp://127.0.0.1:{harness.free_port()}"
+        env = {"GW_ACCOUNTING_ENDPOINTS": ep, "GW_SPOOL_DIR": os.path.join(tmp, "spool"),
+               "GW_SPOOL_MAX_BYTES": "65536", "GW_USAGE_RESEND_MS": "300"}
+        with Stack(dispatcher_env=env, ingress_env={"GW_QUEUE_TIMEOUT_MS": "300"}) as s:
+            served = []
+            statuses = []
+            for i in range(400):
+                st, hd, _ = post(s.url, chat(f"fill {i}"))
+                statuses.append(st)
+                if st == 200:
+                    served.append(hd["x-request-id"])
+                if st == 503:
+                    break
+            assert statuses[-1] == 503, "the spool never filled"
+            assert 100 < len(served) < 400
+            acc = start_accounting(db, ep)
+            wait_for(lambda: post(s.url, chat("after"))[0] == 200, 30, "the dispatcher to take jobs again")
+            wait_for(lambda: totals(db)[0] >= len(served) + 1, 30, "all served calls stored")
+            time.sleep(0.5)
+            rows, distinct = totals(db)[:2]
+            stored = set(db.psql("SELECT request_id FROM usage_events").split())
+            assert set(served) <= stored and rows == distinct == len(stored)
+            acc.stop()

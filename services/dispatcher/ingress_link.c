@@ -23,6 +23,7 @@ struct ingress_link_t {
     uint32_t share;  //  our slots reserved for this ingress
     uint32_t busy;  //  jobs of this ingress still running, forgotten ones included
     uint32_t owed;  //  credits freed since our last HELLO while the ingress was not listening
+    bool rejoin;  //  paused and resumed: say HELLO again once our jobs here are done
     zhashx_t *jobs;  //  ingress job id -> runner_job_t, jobs the ingress knows
 };
 
@@ -32,6 +33,7 @@ struct ingress_links_t {
     provider_table_t *providers;
     job_runner_t *runner;
     gw_strlist_t models, owners;
+    bool paused;  //  taking no new jobs (BYE sent) until resumed
     ingress_link_t links[MAX_LINKS];
     size_t nlinks;
     gw_timer_t *tick;
@@ -66,7 +68,7 @@ s_send_hello (ingress_link_t *link)
     gw_msg_t msg = { .id = GW_MSG_HELLO };
     msg.hello = (gw_hello_t) {
         .dispatcher_id = (char *) self->config.dispatcher_id,
-        .credits = link->share > link->busy ? link->share - link->busy : 0,
+        .credits = !self->paused && link->share > link->busy ? link->share - link->busy : 0,
         .models = self->models,
         .owners = self->owners,
     };
@@ -177,6 +179,13 @@ s_on_tick (gw_loop_t *loop, gw_timer_t *timer, void *arg)
     int64_t limit = (int64_t) self->config.heartbeat_ms * self->config.liveness;
     for (size_t i = 0; i < self->nlinks; i++) {
         ingress_link_t *link = &self->links[i];
+        //  Back from a pause: a fresh HELLO re-registers us, which the ingress
+        //  treats as a restart, so it waits until nothing of ours runs there.
+        if (link->rejoin && link->busy == 0) {
+            link->rejoin = false;
+            s_send_hello (link);
+            continue;
+        }
         if (link->active) {
             if (now - link->last_seen_ms > limit) {
                 s_forget_jobs (link, "silent");
@@ -245,6 +254,38 @@ s_job_end (runner_job_t *job, uint32_t status, const char *content_type, const c
 }
 
 const runner_fns_t ingress_link_runner_fns = { s_job_head, s_job_chunk, s_job_end };
+
+void
+ingress_links_pause (ingress_links_t *self, const char *reason)
+{
+    if (self->paused)
+        return;
+    self->paused = true;
+    gw_warn ("link", "pausing: taking no new jobs reason=%s", reason);
+    gw_msg_t msg = { .id = GW_MSG_BYE, .bye = { (char *) reason } };
+    for (size_t i = 0; i < self->nlinks; i++) {
+        self->links[i].rejoin = false;
+        if (self->links[i].active)
+            s_send (&self->links[i], &msg);
+    }
+}
+
+void
+ingress_links_resume (ingress_links_t *self)
+{
+    if (!self->paused)
+        return;
+    self->paused = false;
+    gw_info ("link", "resuming: taking jobs again");
+    for (size_t i = 0; i < self->nlinks; i++)
+        self->links[i].rejoin = true;
+}
+
+bool
+ingress_links_paused (ingress_links_t *self)
+{
+    return self->paused;
+}
 
 void
 ingress_links_bye (ingress_links_t *self)

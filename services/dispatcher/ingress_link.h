@@ -34,4 +34,10 @@ void ingress_links_destroy (ingress_links_t **self_p);
 /*  Tells every ingress to send no more jobs; running ones go on to their end. */
 void ingress_links_bye (ingress_links_t *self);
 
+/*  Like bye, but for a while (the usage spool is full); resume says HELLO again
+    to each ingress once the jobs it had here are done. */
+void ingress_links_pause (ingress_links_t *self, const char *reason);
+void ingress_links_resume (ingress_links_t *self);
+bool ingress_links_paused (ingress_links_t *self);
+
 #endif

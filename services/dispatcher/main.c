@@ -15,6 +15,7 @@
 
 #include <curl/curl.h>
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -23,7 +24,29 @@ static int64_t s_grace_deadline;
 typedef struct {
     usage_log_t *log;
     usage_sender_t *sender;
+    usage_spool_t *spool;
+    size_t spool_max;
+    bool refuse_when_full;  //  GW_SPOOL_FULL_POLICY=refuse
+    ingress_links_t *links;
 } s_usage_out_t;
+
+/*  The spool-full policy. "refuse": near full, take no new jobs (calls that are
+    running still record their usage) until accounting has drained it to half.
+    "hold": keep serving; events that do not fit wait in memory (lost if the
+    process dies meanwhile). */
+static void
+s_check_spool (gw_loop_t *loop, gw_timer_t *timer, void *arg)
+{
+    s_usage_out_t *out = arg;
+    size_t bytes = usage_spool_bytes (out->spool);
+    bool congested = usage_sender_held (out->sender) > 0 || bytes > out->spool_max / 10 * 9;
+    if (out->refuse_when_full && congested)
+        ingress_links_pause (out->links, "usage spool full");
+    else if (ingress_links_paused (out->links) && usage_sender_held (out->sender) == 0
+             && bytes < out->spool_max / 2)
+        ingress_links_resume (out->links);
+    gw_timer_start (loop, timer, 100);
+}
 
 /*  Every upstream call's usage: to the spool (durable, then accounting) and,
     when configured, to the JSON-lines log. */
@@ -92,8 +115,13 @@ main (void)
             .endpoints = accounting,
             .resend_ms = (int) gw_env_int ("GW_USAGE_RESEND_MS", 2000, 10, 600000),
         };
-        spool = usage_spool_new (gw_env_str ("GW_SPOOL_DIR", "var/spool/dispatcher"),
-                                 (size_t) gw_env_int ("GW_SPOOL_MAX_BYTES", 256 << 20, 1 << 20, (int64_t) 1 << 40));
+        usage.spool_max = (size_t) gw_env_int ("GW_SPOOL_MAX_BYTES", 256 << 20, 1 << 16, (int64_t) 1 << 40);
+        const char *policy = gw_env_str ("GW_SPOOL_FULL_POLICY", "refuse");
+        usage.refuse_when_full = strcmp (policy, "hold") != 0;
+        if (usage.refuse_when_full && strcmp (policy, "refuse"))
+            gw_warn ("main", "unknown GW_SPOOL_FULL_POLICY=%s, using refuse", policy);
+        spool = usage_spool_new (gw_env_str ("GW_SPOOL_DIR", "var/spool/dispatcher"), usage.spool_max);
+        usage.spool = spool;
         usage.sender = spool ? usage_sender_new (loop, zmq_ctx, &sender_config, spool) : NULL;
         usage_ok &= usage.sender != NULL;
     }
@@ -105,6 +133,12 @@ main (void)
                                : NULL;
     ingress_links_t *links = runner ? ingress_links_new (loop, zmq_ctx, &links_config, providers, runner) : NULL;
     int rc = 1;
+    gw_timer_t *spool_check = NULL;
+    if (links && usage.sender) {
+        usage.links = links;
+        spool_check = gw_timer_new (s_check_spool, &usage);
+        gw_timer_start (loop, spool_check, 100);
+    }
     if (links) {
         gw_info ("main", "started id=%s ingresses=%s slots=%d", links_config.dispatcher_id,
                  links_config.endpoints, links_config.slots);
@@ -119,6 +153,7 @@ main (void)
         gw_loop_run (loop);
         gw_timer_destroy (loop, &check);
     }
+    gw_timer_destroy (loop, &spool_check);
     ingress_links_destroy (&links);
     //  The runner records the usage of calls cut at shutdown: the sender and the
     //  spool go after it.

@@ -133,6 +133,12 @@ usage_sender_submit (usage_sender_t *self, const gw_usage_t *event)
     }
 }
 
+size_t
+usage_sender_held (usage_sender_t *self)
+{
+    return self->noverflow;
+}
+
 void
 usage_sender_flush (usage_sender_t *self)
 {

@@ -29,6 +29,9 @@ void usage_sender_destroy (usage_sender_t **self_p);
 /*  Takes one event (copied) for durable delivery. */
 void usage_sender_submit (usage_sender_t *self, const gw_usage_t *event);
 
+/*  Events the full spool could not take, held in memory. */
+size_t usage_sender_held (usage_sender_t *self);
+
 /*  Makes everything submitted durable now (at shutdown). */
 void usage_sender_flush (usage_sender_t *self);
 
