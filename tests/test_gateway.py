@@ -121,7 +121,7 @@ def wait_for(predicate, timeout, what):
         except (OSError, RuntimeError):  # not up yet: a refused connection, a missing table
             pass
         time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
 
 
 def established(port):
