@@ -265,8 +265,10 @@ usage_store_insert (usage_store_t *self, const usage_row_t *rows, size_t n)
     //  A resent event finds its row already there: nothing happens, and the
     //  caller acknowledges it all the same.
     if (!rc)
+        //  In key order: two instances storing overlapping batches (a resend went
+        //  to the other one) then lock rows in the same order and cannot deadlock.
         rc = s_exec (self, "INSERT INTO usage_events (" USAGE_COLUMNS ") SELECT " USAGE_COLUMNS
-                     " FROM usage_stage ON CONFLICT (event_id) DO NOTHING",
+                     " FROM usage_stage ORDER BY event_id ON CONFLICT (event_id) DO NOTHING",
                      PGRES_COMMAND_OK);
     if (!rc)
         rc = s_exec (self, "COMMIT", PGRES_COMMAND_OK);
