@@ -108,7 +108,7 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	@mkdir -p bin-fuzz var/fuzz-corpus
 	clang -g -O1 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -Iproto -Ilib \
-	  tests/fuzz/fuzz_proto.c proto/gw_proto.c -o bin-fuzz/fuzz_proto -lmsgpackc -lzmq
+	  tests/fuzz/fuzz_proto.c proto/gw_proto.c lib/gw_log.c -o bin-fuzz/fuzz_proto -lmsgpackc -lzmq
 	bin-fuzz/fuzz_proto -max_total_time=$(FUZZ_SECONDS) var/fuzz-corpus
 
 clean:

@@ -371,6 +371,32 @@ gw_loop_run (gw_loop_t *self)
     return 0;
 }
 
+typedef struct {
+    bool (*done) (void *arg);
+    void *arg;
+    int64_t deadline_ms;
+} s_until_t;
+
+static void
+s_until_check (gw_loop_t *loop, gw_timer_t *timer, void *arg)
+{
+    s_until_t *until = arg;
+    if (until->done (until->arg) || gw_now_ms () >= until->deadline_ms)
+        gw_loop_stop (loop);
+    else
+        gw_timer_start (loop, timer, 20);
+}
+
+void
+gw_loop_run_until (gw_loop_t *self, bool (*done) (void *arg), void *arg, int64_t timeout_ms)
+{
+    s_until_t until = { done, arg, gw_now_ms () + timeout_ms };
+    gw_timer_t *check = gw_timer_new (s_until_check, &until);
+    gw_timer_start (self, check, 0);
+    gw_loop_run (self);
+    gw_timer_destroy (self, &check);
+}
+
 /* ---- selftest ---- */
 
 static int s_fired[8];

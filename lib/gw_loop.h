@@ -51,6 +51,10 @@ bool gw_timer_active (const gw_timer_t *self);
 
 /*  Runs until gw_loop_stop() or SIGINT/SIGTERM. Returns 0. */
 int gw_loop_run (gw_loop_t *self);
+
+/*  Runs the loop again until done(arg) is true, timeout_ms has passed, or a
+    signal comes: a service's shutdown grace period. */
+void gw_loop_run_until (gw_loop_t *self, bool (*done) (void *arg), void *arg, int64_t timeout_ms);
 void gw_loop_stop (gw_loop_t *self);
 
 /*  Monotonic clock in ms and µs; wall clock in ms. */

@@ -1,5 +1,6 @@
 /*  gw_proto.c: msgpack codec for the messages of gw_messages.h, derived by X-macros. */
 #include "gw_proto.h"
+#include "gw_log.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -468,6 +469,31 @@ gw_msg_recv (void *socket, void *routing_id, size_t *routing_id_size, gw_msg_t *
         ;
     zmq_msg_close (&frame);
     return rc;
+}
+
+void *
+gw_proto_dealer (void *zmq_ctx, const char *endpoints, const char *module)
+{
+    void *dealer = zmq_socket (zmq_ctx, ZMQ_DEALER);
+    int one = 1, zero = 0, ivl = 100, connected = 0;
+    //  IMMEDIATE: a send fails while no peer is connected instead of queueing
+    //  for one that may never come; callers keep the data and retry.
+    zmq_setsockopt (dealer, ZMQ_IMMEDIATE, &one, sizeof one);
+    zmq_setsockopt (dealer, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt (dealer, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+    char *list = strdup (endpoints), *save = NULL;
+    for (char *ep = strtok_r (list, ", ", &save); ep; ep = strtok_r (NULL, ", ", &save), connected++)
+        if (zmq_connect (dealer, ep)) {
+            gw_error (module, "cannot connect endpoint=%s error=%s", ep, zmq_strerror (errno));
+            connected = -1;
+            break;
+        }
+    free (list);
+    if (connected <= 0) {
+        zmq_close (dealer);
+        return NULL;
+    }
+    return dealer;
 }
 
 int

@@ -87,6 +87,11 @@ int gw_msg_send (void *socket, const void *routing_id, size_t routing_id_size, c
     Returns GW_DECODE_INTERRUPTED when nothing is waiting. */
 gw_decode_t gw_msg_recv (void *socket, void *routing_id, size_t *routing_id_size, gw_msg_t *msg);
 
+/*  Creates a DEALER for talking to a service (no linger, messages only on live
+    connections, quick reconnects) and connects it to every endpoint of a comma
+    list. NULL (logged under module) when a connect fails or nothing is given. */
+void *gw_proto_dealer (void *zmq_ctx, const char *endpoints, const char *module);
+
 /*  Helpers for STRLIST fields: append a copy; free all. */
 int gw_strlist_append (gw_strlist_t *list, const char *s);
 void gw_strlist_clear (gw_strlist_t *list);

@@ -19,8 +19,6 @@
 #include <unistd.h>
 #include <zmq.h>
 
-static int64_t s_grace_deadline;
-
 typedef struct {
     usage_log_t *log;
     usage_sender_t *sender;
@@ -60,14 +58,11 @@ s_on_usage (void *arg, const gw_usage_t *event)
         usage_log_write (out->log, event);
 }
 
-/*  During the shutdown grace period: stop the loop once no job is running. */
-static void
-s_check_drained (gw_loop_t *loop, gw_timer_t *timer, void *arg)
+/*  During the shutdown grace period: nothing left in progress? */
+static bool
+s_drained (void *arg)
 {
-    if (job_runner_active (arg) == 0 || gw_now_ms () >= s_grace_deadline)
-        gw_loop_stop (loop);
-    else
-        gw_timer_start (loop, timer, 20);
+    return job_runner_active (arg) == 0;
 }
 
 int
@@ -147,11 +142,7 @@ main (void)
         //  usage) for a while; a second signal cuts this short.
         ingress_links_bye (links);
         int64_t grace_ms = gw_env_int ("GW_SHUTDOWN_GRACE_MS", 10000, 0, 3600000);
-        gw_timer_t *check = gw_timer_new (s_check_drained, runner);
-        s_grace_deadline = gw_now_ms () + grace_ms;
-        gw_timer_start (loop, check, 0);
-        gw_loop_run (loop);
-        gw_timer_destroy (loop, &check);
+        gw_loop_run_until (loop, s_drained, runner, grace_ms);
     }
     gw_timer_destroy (loop, &spool_check);
     ingress_links_destroy (&links);

@@ -2,7 +2,6 @@
 #include "usage_sender.h"
 #include "gw_log.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -154,17 +153,14 @@ usage_sender_new (gw_loop_t *loop, void *zmq_ctx, const sender_config_t *config,
     self->loop = loop;
     self->config = *config;
     self->spool = spool;
-    self->dealer = zmq_socket (zmq_ctx, ZMQ_DEALER);
-    int one = 1, zero = 0, ivl = 100, hwm = 4 * SENDER_WINDOW;
-    zmq_setsockopt (self->dealer, ZMQ_IMMEDIATE, &one, sizeof one);
+    self->dealer = gw_proto_dealer (zmq_ctx, config->endpoints, "sender");
+    if (!self->dealer) {
+        free (self);
+        return NULL;
+    }
+    //  A window of events may wait in the pipe; the spool holds them anyway.
+    int hwm = 4 * SENDER_WINDOW;
     zmq_setsockopt (self->dealer, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt (self->dealer, ZMQ_LINGER, &zero, sizeof zero);
-    zmq_setsockopt (self->dealer, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
-    char *list = strdup (config->endpoints), *save = NULL;
-    for (char *ep = strtok_r (list, ", ", &save); ep; ep = strtok_r (NULL, ", ", &save))
-        if (zmq_connect (self->dealer, ep))
-            gw_error ("sender", "cannot connect endpoint=%s error=%s", ep, zmq_strerror (errno));
-    free (list);
     gw_loop_add_socket (loop, self->dealer, s_on_dealer, self);
     self->flush_timer = gw_timer_new (s_on_flush, self);
     self->resend_timer = gw_timer_new (s_on_resend, self);

@@ -11,16 +11,11 @@
 #include <stdlib.h>
 #include <zmq.h>
 
-static int64_t s_grace_deadline;
-
-/*  During the shutdown grace period: stop the loop once nothing is in progress. */
-static void
-s_check_drained (gw_loop_t *loop, gw_timer_t *timer, void *arg)
+/*  During the shutdown grace period: nothing left in progress? */
+static bool
+s_drained (void *arg)
 {
-    if (http_front_active (arg) == 0 || gw_now_ms () >= s_grace_deadline)
-        gw_loop_stop (loop);
-    else
-        gw_timer_start (loop, timer, 20);
+    return http_front_active (arg) == 0;
 }
 
 int
@@ -61,11 +56,7 @@ main (void)
         //  (a second signal cuts this short), then end what is left.
         http_front_quiesce (front);
         int64_t grace_ms = gw_env_int ("GW_SHUTDOWN_GRACE_MS", 10000, 0, 3600000);
-        gw_timer_t *check = gw_timer_new (s_check_drained, front);
-        s_grace_deadline = gw_now_ms () + grace_ms;
-        gw_timer_start (loop, check, 0);
-        gw_loop_run (loop);
-        gw_timer_destroy (loop, &check);
+        gw_loop_run_until (loop, s_drained, front, grace_ms);
     }
     //  The front goes first: closing its connections cancels their jobs in the pool.
     http_front_destroy (&front);

@@ -3,7 +3,6 @@
 #include "gw_error.h"
 #include "gw_log.h"
 
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
@@ -117,15 +116,11 @@ report_client_new (gw_loop_t *loop, void *zmq_ctx, const char *endpoints, int ti
     self->loop = loop;
     self->timeout_ms = timeout_ms;
     self->fns = *fns;
-    self->dealer = zmq_socket (zmq_ctx, ZMQ_DEALER);
-    int one = 1, zero = 0;
-    zmq_setsockopt (self->dealer, ZMQ_IMMEDIATE, &one, sizeof one);
-    zmq_setsockopt (self->dealer, ZMQ_LINGER, &zero, sizeof zero);
-    char *list = strdup (endpoints), *save = NULL;
-    for (char *ep = strtok_r (list, ", ", &save); ep; ep = strtok_r (NULL, ", ", &save))
-        if (zmq_connect (self->dealer, ep))
-            gw_error ("reports", "cannot connect endpoint=%s error=%s", ep, zmq_strerror (errno));
-    free (list);
+    self->dealer = gw_proto_dealer (zmq_ctx, endpoints, "reports");
+    if (!self->dealer) {
+        free (self);
+        return NULL;
+    }
     gw_loop_add_socket (loop, self->dealer, s_on_dealer, self);
     self->timer = gw_timer_new (s_on_timer, self);
     return self;
