@@ -27,7 +27,7 @@ main (void)
     if (!prices)
         gw_error ("main", "cannot load prices path=%s error=%s", prices_path, err);
     usage_store_t *store = usage_store_new (
-        gw_env_str ("DATABASE_URL", "host=127.0.0.1 port=5433 user=postgres dbname=gateway"), currency);
+        gw_env_str ("DATABASE_URL", "host=127.0.0.1 port=5433 user=postgres dbname=gateway connect_timeout=5"), currency);
     void *zmq_ctx = zmq_ctx_new ();
     gw_loop_t *loop = gw_loop_new ();
     usage_intake_t *intake = prices && store && loop

@@ -120,6 +120,12 @@ s_on_router (gw_loop_t *loop, void *socket, void *arg)
                                             (int64_t) e->started_ms, e->cache_hit_tokens, e->cache_miss_tokens,
                                             e->completion_tokens, &row->cost_pico)
                           == 0;
+            //  The column is a signed bigint: a cost beyond it is stored unpriced
+            //  (and said) rather than fail its whole batch forever.
+            if (row->priced && row->cost_pico > INT64_MAX) {
+                gw_error ("intake", "cost out of range event_id=%s", e->event_id);
+                row->priced = false;
+            }
             if (!row->priced) {
                 row->cost_pico = 0;
                 self->unpriced++;

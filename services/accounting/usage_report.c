@@ -107,14 +107,15 @@ usage_report_run (usage_store_t *store, const gw_report_request_t *request, cons
               " (SELECT CASE WHEN isfinite(lo) THEN to_char(lo, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') END FROM b),"
               " (SELECT CASE WHEN isfinite(hi) THEN to_char(hi, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') END FROM b)"
               " FROM usage_events, b WHERE started_at >= b.lo AND started_at < b.hi"
-              " AND ($4 = '' OR api_key_id::text = $4)"
+              " AND ($4 = '' OR api_key_id::text = $4) AND currency = $5"
               " GROUP BY %s ORDER BY %s, 1",
               s_bounds, select, is_total, grouping, is_total);
     char from[32], to[32];
     snprintf (from, sizeof from, "%llu", (unsigned long long) request->from_ms);
     snprintf (to, sizeof to, "%llu", (unsigned long long) request->to_ms);
-    const char *values[4] = { request->period, from, to, request->api_key_id };
-    PGresult *res = usage_store_query (store, sql, 4, values);
+    //  Only rows costed in this instance's currency: a total never mixes them.
+    const char *values[5] = { request->period, from, to, request->api_key_id, currency };
+    PGresult *res = usage_store_query (store, sql, 5, values);
     if (!res)
         return s_error (status, 503, "usage reports are unavailable: the database cannot be reached");
     json_t *data = json_array ();

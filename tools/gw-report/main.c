@@ -56,7 +56,11 @@ int
 main (int argc, char **argv)
 {
     gw_report_request_t req = { .correlation = 1, .period = "today", .group_by = "none", .api_key_id = "" };
-    const char *endpoint = gw_env_str ("GW_ACCOUNTING_ENDPOINT", "tcp://127.0.0.1:5556");
+    //  The same variable the services read; its first endpoint is asked.
+    char endpoint_buf[256];
+    snprintf (endpoint_buf, sizeof endpoint_buf, "%s", gw_env_str ("GW_ACCOUNTING_ENDPOINTS", "tcp://127.0.0.1:5556"));
+    endpoint_buf[strcspn (endpoint_buf, ", ")] = 0;
+    const char *endpoint = endpoint_buf;
     bool as_json = false;
     int timeout_ms = 10000;
     for (int i = 1; i < argc; i++) {
