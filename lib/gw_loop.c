@@ -334,8 +334,17 @@ gw_loop_run (gw_loop_t *self)
             }
         }
         int timeout = -1;
-        if (self->prepare)
+        if (self->prepare) {
             timeout = self->prepare (self, self->prepare_arg);
+            //  The hook may have sent on a socket, which can swallow the edge of
+            //  its ZMQ_FD: look again rather than sleep on a waiting message.
+            for (size_t i = 0; i < self->nsockets && !busy; i++) {
+                uint32_t zevents = 0;
+                size_t len = sizeof zevents;
+                busy = zmq_getsockopt (self->sockets[i].socket, ZMQ_EVENTS, &zevents, &len) == 0
+                       && (zevents & ZMQ_POLLIN);
+            }
+        }
         if (self->heap_size) {
             int64_t wait = self->heap[0]->due_ms - gw_now_ms ();
             if (wait < 0)

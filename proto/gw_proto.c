@@ -472,7 +472,7 @@ gw_msg_recv (void *socket, void *routing_id, size_t *routing_id_size, gw_msg_t *
 }
 
 void *
-gw_proto_dealer (void *zmq_ctx, const char *endpoints, const char *module)
+gw_proto_dealer (void *zmq_ctx, const char *endpoints, int sndhwm, const char *module)
 {
     void *dealer = zmq_socket (zmq_ctx, ZMQ_DEALER);
     int one = 1, zero = 0, ivl = 100, connected = 0;
@@ -481,6 +481,8 @@ gw_proto_dealer (void *zmq_ctx, const char *endpoints, const char *module)
     zmq_setsockopt (dealer, ZMQ_IMMEDIATE, &one, sizeof one);
     zmq_setsockopt (dealer, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt (dealer, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+    if (sndhwm > 0)
+        zmq_setsockopt (dealer, ZMQ_SNDHWM, &sndhwm, sizeof sndhwm);
     char *list = strdup (endpoints), *save = NULL;
     for (char *ep = strtok_r (list, ", ", &save); ep; ep = strtok_r (NULL, ", ", &save), connected++)
         if (zmq_connect (dealer, ep)) {

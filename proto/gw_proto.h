@@ -89,8 +89,10 @@ gw_decode_t gw_msg_recv (void *socket, void *routing_id, size_t *routing_id_size
 
 /*  Creates a DEALER for talking to a service (no linger, messages only on live
     connections, quick reconnects) and connects it to every endpoint of a comma
-    list. NULL (logged under module) when a connect fails or nothing is given. */
-void *gw_proto_dealer (void *zmq_ctx, const char *endpoints, const char *module);
+    list. sndhwm > 0 sets the send high-water mark (options only apply to
+    connections made after them, hence here). NULL (logged under module) when a
+    connect fails or nothing is given. */
+void *gw_proto_dealer (void *zmq_ctx, const char *endpoints, int sndhwm, const char *module);
 
 /*  Helpers for STRLIST fields: append a copy; free all. */
 int gw_strlist_append (gw_strlist_t *list, const char *s);

@@ -28,6 +28,21 @@ struct usage_intake_t {
     uint64_t stored, unpriced, batches;
 };
 
+/*  An event PostgreSQL would refuse (a count beyond bigint, an absurd date)
+    would fail every batch it joins, forever, since its dispatcher resends it.
+    Such an event comes from a broken sender: it is logged whole and
+    acknowledged without a row, so it cannot block everyone else's usage. */
+static bool
+s_storable (const gw_usage_t *e)
+{
+    const uint64_t limit = (uint64_t) INT64_MAX;
+    return e->cache_hit_tokens <= limit && e->cache_miss_tokens <= limit && e->completion_tokens <= limit
+           && e->reasoning_tokens <= limit && e->queue_wait_us <= limit && e->ttfb_us <= limit
+           && e->total_us <= limit && e->attempt <= (uint32_t) INT32_MAX && e->dispatch <= (uint32_t) INT32_MAX
+           && e->status <= (uint32_t) INT32_MAX && e->started_ms < 253402300799000ull  //  year 9999
+           && e->event_id[0];
+}
+
 static void
 s_ack (usage_intake_t *self, size_t n)
 {
@@ -67,8 +82,7 @@ s_on_reconnect (gw_loop_t *loop, gw_timer_t *timer, void *arg)
 static void
 s_report (usage_intake_t *self, s_item_t *it)
 {
-    if (!usage_store_ready (self->store))
-        usage_store_connect (self->store);
+    //  No reconnect from here: that is the intake's job, with its backoff.
     uint32_t status = 500;
     char *body = usage_report_run (self->store, &it->msg.report_request, self->config.currency, &status);
     gw_msg_t reply = { .id = GW_MSG_REPORT_REPLY };
@@ -112,7 +126,26 @@ s_on_router (gw_loop_t *loop, void *socket, void *arg)
             gw_timer_start (loop, self->reconnect_timer, 0);
     }
     else {
-        for (size_t i = 0; i < n; i++) {
+        //  Refused events move to the end, past the rows handed to the store.
+        size_t good = n;
+        for (size_t i = 0; i < good;) {
+            if (s_storable (&self->items[i].msg.usage)) {
+                i++;
+                continue;
+            }
+            gw_error ("intake", "refusing malformed usage event event_id=%s request_id=%s provider=%s "
+                      "hit=%llu miss=%llu completion=%llu started_ms=%llu",
+                      self->items[i].msg.usage.event_id, self->items[i].msg.usage.request_id,
+                      self->items[i].msg.usage.provider,
+                      (unsigned long long) self->items[i].msg.usage.cache_hit_tokens,
+                      (unsigned long long) self->items[i].msg.usage.cache_miss_tokens,
+                      (unsigned long long) self->items[i].msg.usage.completion_tokens,
+                      (unsigned long long) self->items[i].msg.usage.started_ms);
+            s_item_t tmp = self->items[i];
+            self->items[i] = self->items[--good];
+            self->items[good] = tmp;
+        }
+        for (size_t i = 0; i < good; i++) {
             const gw_usage_t *e = &self->items[i].msg.usage;
             usage_row_t *row = &self->rows[i];
             row->event = e;
@@ -131,7 +164,7 @@ s_on_router (gw_loop_t *loop, void *socket, void *arg)
                 self->unpriced++;
             }
         }
-        if (usage_store_insert (self->store, self->rows, n) == 0) {
+        if (good == 0 || usage_store_insert (self->store, self->rows, good) == 0) {
             self->stored += n;
             self->batches++;
             s_ack (self, n);

@@ -178,8 +178,10 @@ usage_store_connect (usage_store_t *self)
         self->conn = NULL;
         return -1;
     }
-    //  Days, weeks and months of reports are UTC ones.
+    //  Days, weeks and months of reports are UTC ones. A runaway report must
+    //  not hold the single thread that also stores usage.
     s_exec (self, "SET TIME ZONE 'UTC'", PGRES_COMMAND_OK);
+    s_exec (self, "SET statement_timeout = '30s'", PGRES_COMMAND_OK);
     self->ready = true;
     gw_info ("store", "connected to PostgreSQL");
     return 0;

@@ -24,6 +24,7 @@ struct ingress_link_t {
     uint32_t busy;  //  jobs of this ingress still running, forgotten ones included
     uint32_t owed;  //  credits freed since our last HELLO while the ingress was not listening
     bool rejoin;  //  paused and resumed: say HELLO again once our jobs here are done
+    bool broken;  //  a job message could not be sent: resynchronise with a HELLO
     zhashx_t *jobs;  //  ingress job id -> runner_job_t, jobs the ingress knows
 };
 
@@ -54,11 +55,20 @@ s_id_compare (const void *a, const void *b)
 static void
 s_send (ingress_link_t *link, gw_msg_t *msg)
 {
-    if (gw_msg_send (link->dealer, NULL, 0, msg) == 0)
+    if (gw_msg_send (link->dealer, NULL, 0, msg) == 0) {
         link->last_sent_ms = gw_now_ms ();
-    else if (errno != EAGAIN)
-        gw_warn ("link", "send failed endpoint=%s message=%s errno=%d", link->endpoint,
-                 gw_msg_name (msg->id), errno);
+        return;
+    }
+    //  With ZMQ_IMMEDIATE a send fails while the connection is being re-made.
+    //  A lost heartbeat is harmless; a lost job message (HEAD, CHUNK, END,
+    //  CREDIT) leaves the ingress with a wrong picture, so the next tick starts
+    //  over with a HELLO, which makes the ingress settle every job it had here.
+    if (msg->id != GW_MSG_HEARTBEAT && msg->id != GW_MSG_HELLO) {
+        if (!link->broken)
+            gw_warn ("link", "lost a message endpoint=%s message=%s errno=%d: resynchronising",
+                     link->endpoint, gw_msg_name (msg->id), errno);
+        link->broken = true;
+    }
 }
 
 static void
@@ -106,6 +116,15 @@ s_on_job (ingress_link_t *link, gw_msg_t *msg)
 {
     ingress_links_t *self = link->parent;
     uint64_t job_id = msg->job.job_id;
+    //  Usage event ids are built from the request id: a foreign or broken
+    //  ingress must not make two of them collide by truncation.
+    if (strlen (msg->job.request_id) > 64) {
+        gw_warn ("link", "refusing job with a request id over 64 characters endpoint=%s", link->endpoint);
+        gw_msg_t end = { .id = GW_MSG_END };
+        end.end = (gw_end_t) { .job_id = job_id, .status = 400, .content_type = "application/json" };
+        s_send (link, &end);
+        return;
+    }
     link->busy++;
     runner_job_t *job = job_runner_start (self->runner, &msg->job, link);
     //  NULL: the job already ended (no route) and its END is sent.
@@ -130,7 +149,13 @@ s_on_message (ingress_link_t *link, gw_msg_t *msg)
     if (!link->active) {
         link->active = true;
         gw_info ("link", "ingress connected endpoint=%s", link->endpoint);
-        if (link->owed) {
+        if (self->paused) {
+            //  It registered us with no credits; BYE keeps CREDITs of our
+            //  finishing jobs from counting there until we resume.
+            gw_msg_t bye = { .id = GW_MSG_BYE, .bye = { "paused" } };
+            s_send (link, &bye);
+        }
+        else if (link->owed) {
             gw_msg_t credit = { .id = GW_MSG_CREDIT, .credit = { link->owed } };
             link->owed = 0;
             s_send (link, &credit);
@@ -182,7 +207,13 @@ s_on_tick (gw_loop_t *loop, gw_timer_t *timer, void *arg)
         //  Back from a pause: a fresh HELLO re-registers us, which the ingress
         //  treats as a restart, so it waits until nothing of ours runs there.
         if (link->rejoin && link->busy == 0) {
-            link->rejoin = false;
+            s_send_hello (link);
+            link->rejoin = !link->hello_queued;  //  not connected: try again next tick
+            continue;
+        }
+        if (link->broken) {
+            link->broken = false;
+            s_forget_jobs (link, "lost a message");
             s_send_hello (link);
             continue;
         }
@@ -244,13 +275,13 @@ s_job_end (runner_job_t *job, uint32_t status, const char *content_type, const c
                                .body = { (uint8_t *) body, size } };
         s_send (link, &msg);
     }
-    else if (link->active) {
+    else if (link->active && !link->parent->paused) {
         //  The ingress forgot this job, so its END would return nothing there.
         gw_msg_t msg = { .id = GW_MSG_CREDIT, .credit = { 1 } };
         s_send (link, &msg);
     }
     else
-        link->owed++;  //  sent once the ingress answers our HELLO
+        link->owed++;  //  sent once the ingress answers our HELLO, or we resume
 }
 
 const runner_fns_t ingress_link_runner_fns = { s_job_head, s_job_chunk, s_job_end };
@@ -290,6 +321,9 @@ ingress_links_paused (ingress_links_t *self)
 void
 ingress_links_bye (ingress_links_t *self)
 {
+    //  Stopping for good: like a pause that never resumes, so that a HELLO we
+    //  may still have to send (a RESET) grants nothing.
+    self->paused = true;
     gw_msg_t msg = { .id = GW_MSG_BYE, .bye = { "shutting down" } };
     for (size_t i = 0; i < self->nlinks; i++)
         if (self->links[i].active)

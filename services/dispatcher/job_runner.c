@@ -70,7 +70,7 @@ struct job_runner_t {
     unsigned seed;
 };
 
-static void s_attempt (runner_job_t *job);
+static bool s_attempt (runner_job_t *job);
 static void s_check_done (job_runner_t *self);
 
 void *
@@ -236,7 +236,7 @@ s_on_header (char *data, size_t size, size_t nmemb, void *arg)
         char *end;
         long secs = strtol (data + 12, &end, 10);
         if (end != data + 12 && secs >= 0)
-            job->retry_after_ms = secs * 1000;
+            job->retry_after_ms = secs > 86400 ? 86400000 : secs * 1000;
     }
     return len;
 }
@@ -251,7 +251,10 @@ s_on_write (char *data, size_t size, size_t nmemb, void *arg)
         job->first_byte_us = gw_now_us ();
         curl_easy_getinfo (job->easy, CURLINFO_RESPONSE_CODE, &job->status);
     }
-    if (job->stream && job->status == 200) {
+    //  A provider may answer a stream request with plain JSON: that is taken
+    //  whole, like a non-streamed answer, so its usage is still read.
+    if (job->stream && job->status == 200
+        && (!job->content_type[0] || strncasecmp (job->content_type, "text/event-stream", 17) == 0)) {
         if (!job->head_sent) {
             job->head_sent = true;
             if (!job->cancelled)
@@ -364,7 +367,7 @@ static void
 s_on_retry_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
 {
     (void) loop, (void) timer;
-    s_attempt (arg);
+    (void) s_attempt (arg);  //  a job that ends here has told its owner
 }
 
 /*  The error body for the client when the last attempt failed. Provider errors
@@ -400,6 +403,13 @@ s_attempt_done (runner_job_t *job, CURLcode rc)
     job_runner_t *self = job->runner;
     if (job->easy)
         curl_easy_getinfo (job->easy, CURLINFO_RESPONSE_CODE, &job->status);
+    //  A last event without its blank line is still an event.
+    if (job->stream && job->head_sent && rc == CURLE_OK && job->sse.pending.len) {
+        sse_reader_feed (&job->sse, "\n\n", 2, &job->forward);
+        if (job->forward.len && !job->cancelled)
+            self->fns.chunk (job, job->forward.data, job->forward.len);
+        job->forward.len = 0;
+    }
     call_usage_t usage = { 0 };
     json_t *answer = NULL;
     if (job->stream && job->head_sent)
@@ -455,7 +465,7 @@ s_attempt_done (runner_job_t *job, CURLcode rc)
                  job->status, (int) rc);
         job->step++;
         job->step_tries = 0;
-        s_attempt (job);
+        (void) s_attempt (job);
         return;
     }
     s_finish_failed (job, rc);
@@ -540,7 +550,8 @@ s_prepare_body (runner_job_t *job, const char **data, size_t *size)
     return 0;
 }
 
-static void
+/*  Starts the next attempt. Returns false when the job ended (and is freed). */
+static bool
 s_attempt (runner_job_t *job)
 {
     job_runner_t *self = job->runner;
@@ -554,7 +565,7 @@ s_attempt (runner_job_t *job)
     size_t size;
     if (s_prepare_body (job, &body, &size)) {
         s_finish_error (job, 400, "invalid_request_error", "The request body could not be prepared.");
-        return;
+        return false;
     }
     job->easy = curl_easy_init ();
     char auth[512];
@@ -582,9 +593,10 @@ s_attempt (runner_job_t *job)
     curl_easy_setopt (e, CURLOPT_USERAGENT, "deepseek-gateway/1");
     if (curl_multi_add_handle (self->multi, e) != CURLM_OK) {
         s_finish_error (job, 500, "internal_error", "The gateway could not start the upstream call.");
-        return;
+        return false;
     }
     gw_timer_start (self->loop, job->deadline_timer, self->config.first_byte_timeout_ms);
+    return true;
 }
 
 /* ---- public ---- */
@@ -623,8 +635,9 @@ job_runner_start (job_runner_t *self, gw_job_t *msg, void *owner)
         free (body);
         return NULL;
     }
-    s_attempt (job);
-    return job;
+    //  A job that failed at once is already ended and freed: the caller must not
+    //  keep it.
+    return s_attempt (job) ? job : NULL;
 }
 
 void
@@ -679,7 +692,8 @@ job_runner_destroy (job_runner_t **self_p)
     //  The ingress re-queues those that sent nothing to their client.
     while (self->jobs) {
         runner_job_t *job = self->jobs;
-        if (job->easy) {
+        //  Waiting for a retry: that attempt's event is already out.
+        if (job->easy && !gw_timer_active (job->retry_timer)) {
             gw_warn ("runner", "cut at shutdown request_id=%s", job->request_id);
             call_usage_t usage = job->stream ? job->sse.usage : (call_usage_t) { 0 };
             s_emit_usage (job, &usage);

@@ -153,14 +153,12 @@ usage_sender_new (gw_loop_t *loop, void *zmq_ctx, const sender_config_t *config,
     self->loop = loop;
     self->config = *config;
     self->spool = spool;
-    self->dealer = gw_proto_dealer (zmq_ctx, config->endpoints, "sender");
+    //  A few windows of events may wait in the pipe; the spool holds them anyway.
+    self->dealer = gw_proto_dealer (zmq_ctx, config->endpoints, 4 * SENDER_WINDOW, "sender");
     if (!self->dealer) {
         free (self);
         return NULL;
     }
-    //  A window of events may wait in the pipe; the spool holds them anyway.
-    int hwm = 4 * SENDER_WINDOW;
-    zmq_setsockopt (self->dealer, ZMQ_SNDHWM, &hwm, sizeof hwm);
     gw_loop_add_socket (loop, self->dealer, s_on_dealer, self);
     self->flush_timer = gw_timer_new (s_on_flush, self);
     self->resend_timer = gw_timer_new (s_on_resend, self);

@@ -273,9 +273,10 @@ s_ask_usage (http_front_t *self, http_req_t *req)
                                 .api_key_id = "" };
     int64_t from_ms = 0, to_ms = 0;
     if (from || to) {
-        if (gw_time_parse_ms (from, &from_ms) || gw_time_parse_ms (to, &to_ms))
+        if (gw_time_parse_ms (from, &from_ms) || gw_time_parse_ms (to, &to_ms) || from_ms < 0 || to_ms <= from_ms)
             return s_reply_error (req->conn, 400, "invalid_request_error", "invalid_period", req->request_id,
-                                  "from and to must both be YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC)");
+                                  "from and to must both be YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC), "
+                                  "from before to, not before 1970");
         ask.period = "custom";
         ask.from_ms = (uint64_t) from_ms;
         ask.to_ms = (uint64_t) to_ms;
@@ -482,7 +483,9 @@ http_front_destroy (http_front_t **self_p)
     //  MHD refuses to stop with suspended connections: answer each one (503, or
     //  an SSE error event for a stream already started) and let MHD flush it.
     for (http_req_t *req = self->reqs; req; req = req->next) {
-        if (req->ended || !req->suspended)
+        //  A stream still flowing would suspend again in the runs below: end
+        //  it too. A request not yet answered is answered only if suspended.
+        if (req->ended || (!req->suspended && !req->have_head))
             continue;
         char *body;
         if (req->have_head)

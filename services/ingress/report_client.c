@@ -116,7 +116,7 @@ report_client_new (gw_loop_t *loop, void *zmq_ctx, const char *endpoints, int ti
     self->loop = loop;
     self->timeout_ms = timeout_ms;
     self->fns = *fns;
-    self->dealer = gw_proto_dealer (zmq_ctx, endpoints, "reports");
+    self->dealer = gw_proto_dealer (zmq_ctx, endpoints, 0, "reports");
     if (!self->dealer) {
         free (self);
         return NULL;
