@@ -16,10 +16,30 @@ from pg import Postgres
 from test_gateway import BIN, Stack, chat, kill9, post, wait_for
 
 
+_started = []
+
+
 def start_accounting(db, endpoint, extra=None):
+    """Starts an accounting instance; any still running when its test ends is killed (see cleanup)."""
     env = {"DATABASE_URL": db.dsn, "GW_ACCOUNTING_BIND": endpoint, "GW_LOG_LEVEL": "info"}
     env.update(extra or {})
-    return harness.start("accounting", [os.path.join(BIN, "accounting")], env)
+    proc = harness.start("accounting", [os.path.join(BIN, "accounting")], env)
+    _started.append(proc)
+    return proc
+
+
+def cleanup(test):
+    """Decorator: a failing test must not leave accounting instances behind."""
+    def run():
+        try:
+            test()
+        finally:
+            while _started:
+                proc = _started.pop()
+                if proc.proc.poll() is None:
+                    kill9(proc)
+    run.__name__ = test.__name__
+    return run
 
 
 def usage_gen(endpoints, spool, count, first=0, timeout_s=120, env=None):
@@ -39,6 +59,7 @@ def totals(db, where="true"):
     return [int(x) for x in row.strip().split("|")]
 
 
+@cleanup
 def test_each_event_twice_with_accounting_killed_repeatedly():
     """N events, each sent twice (two generators, two spools), while two accounting
     instances are SIGKILLed and restarted every second: rows = distinct events and the
@@ -74,6 +95,7 @@ def test_each_event_twice_with_accounting_killed_repeatedly():
             a.stop()
 
 
+@cleanup
 def test_cost_of_a_known_mix_matches_hand_computation():
     """One event through the whole path, priced at V3.2 CNY: ¥0.2 / ¥2 / ¥3 per 1M tokens."""
     with Postgres() as db, tempfile.TemporaryDirectory() as tmp:
@@ -92,6 +114,7 @@ def test_cost_of_a_known_mix_matches_hand_computation():
         acc.stop()
 
 
+@cleanup
 def test_gateway_keeps_serving_while_postgres_is_down():
     with Postgres() as db, tempfile.TemporaryDirectory() as tmp:
         ep = f"tcp://127.0.0.1:{harness.free_port()}"
@@ -123,6 +146,7 @@ def test_gateway_keeps_serving_while_postgres_is_down():
         acc.stop()
 
 
+@cleanup
 def test_dispatcher_killed_with_unacknowledged_events_resends_them():
     with Postgres() as db, tempfile.TemporaryDirectory() as tmp:
         ep = f"tcp://127.0.0.1:{harness.free_port()}"
@@ -137,8 +161,10 @@ def test_dispatcher_killed_with_unacknowledged_events_resends_them():
                 ids.append(hd["x-request-id"])
             kill9(s.dispatchers[0])
             acc = start_accounting(db, ep)
-            s.add_dispatcher(env)
-            wait_for(lambda: totals(db)[0] >= 25, 30, "the spooled events")
+            again = s.add_dispatcher(env)
+            wait_for(lambda: totals(db)[0] >= 25, 30,
+                     lambda: "the spooled events (%d stored; dispatcher log: %s; accounting log: %s)"
+                     % (totals(db)[0], again.log()[-1200:], acc.log()[-600:]))
             time.sleep(0.5)
             assert totals(db)[:2] == [25, 25]
             stored = set(db.psql("SELECT request_id FROM usage_events").split())
@@ -146,6 +172,7 @@ def test_dispatcher_killed_with_unacknowledged_events_resends_them():
         acc.stop()
 
 
+@cleanup
 def test_usage_reports_over_http_and_cli():
     with Postgres() as db, tempfile.TemporaryDirectory() as tmp:
         ep = f"tcp://127.0.0.1:{harness.free_port()}"
@@ -191,6 +218,7 @@ def test_usage_reports_over_http_and_cli():
             assert st == 503 and json.loads(body)["error"]["code"] == "accounting_unavailable"
 
 
+@cleanup
 def test_full_spool_refuses_new_jobs_until_accounting_drains_it():
     """GW_SPOOL_FULL_POLICY=refuse (the default): with accounting away and the spool
     near its bound, the dispatcher takes no new jobs (clients get 503) rather than
