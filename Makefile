@@ -32,7 +32,7 @@ PROGRAMS := $(BIN)/ingress $(BIN)/dispatcher $(BIN)/accounting $(BIN)/mock-upstr
 DEB_PACKAGES := build-essential pkg-config libczmq-dev libzmq3-dev libmicrohttpd-dev \
   libcurl4-openssl-dev libjansson-dev libmsgpack-dev libpq-dev postgresql python3 curl
 
-.PHONY: all deps run test test-asan asan selftest fuzz clean
+.PHONY: all deps run test test-asan asan selftest fuzz bench-accounting clean
 all: $(PROGRAMS)
 
 $(OBJ)/%.o: %.c
@@ -102,6 +102,10 @@ asan:
 test-asan: deps
 	$(MAKE) SANITIZE=1 all
 	@python3 tests/run.py --bin bin-asan
+
+# Sustained durable usage events per second into PostgreSQL (bench/RESULTS.md).
+bench-accounting: all
+	python3 bench/accounting.py
 
 # Coverage-guided fuzzing of the wire decoder (clang + libFuzzer, ASan, UBSan).
 FUZZ_SECONDS ?= 60
