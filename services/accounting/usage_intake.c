@@ -192,12 +192,13 @@ usage_intake_new (gw_loop_t *loop, void *zmq_ctx, const intake_config_t *config,
     self->rows = calloc (config->batch_max, sizeof *self->rows);
     self->reconnect_timer = gw_timer_new (s_on_reconnect, self);
     self->router = zmq_socket (zmq_ctx, ZMQ_ROUTER);
-    int zero = 0, hwm = 200000;
+    int zero = 0, hwm = (int) (2 * config->batch_max), sndhwm = 200000;
     zmq_setsockopt (self->router, ZMQ_LINGER, &zero, sizeof zero);
-    //  While the database is away, what does not fit here is dropped and sent
-    //  again from the spools later: the bound protects our memory, not the data.
+    //  About two batches may wait here. A deeper queue would hold events longer
+    //  than the senders' resend interval under load, and they would come again
+    //  for nothing; a full one pushes back to the senders' spools instead.
     zmq_setsockopt (self->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    zmq_setsockopt (self->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt (self->router, ZMQ_SNDHWM, &sndhwm, sizeof sndhwm);
     if (!self->items || !self->rows || zmq_bind (self->router, config->endpoint)) {
         gw_error ("intake", "cannot bind endpoint=%s error=%s", config->endpoint, zmq_strerror (errno));
         usage_intake_destroy (&self);

@@ -7,6 +7,11 @@
 #include <zmq.h>
 
 #define SENDER_WINDOW 20000  //  most events handed to the socket per turn
+/*  Events that may wait in the socket. Kept to about one accounting batch: a
+    deeper pipe holds events longer than the resend interval under load, and
+    they are then sent twice for nothing. What does not fit stays due in the
+    spool and goes out as acknowledgements free the pipe. */
+#define SENDER_PIPE 5000
 
 struct usage_sender_t {
     gw_loop_t *loop;
@@ -153,8 +158,7 @@ usage_sender_new (gw_loop_t *loop, void *zmq_ctx, const sender_config_t *config,
     self->loop = loop;
     self->config = *config;
     self->spool = spool;
-    //  A few windows of events may wait in the pipe; the spool holds them anyway.
-    self->dealer = gw_proto_dealer (zmq_ctx, config->endpoints, 4 * SENDER_WINDOW, "sender");
+    self->dealer = gw_proto_dealer (zmq_ctx, config->endpoints, SENDER_PIPE, "sender");
     if (!self->dealer) {
         free (self);
         return NULL;
