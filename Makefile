@@ -16,7 +16,7 @@ endif
 
 CFLAGS += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror $(OPT) -Iproto -Ilib -I/usr/include/postgresql -MMD -MP
 LDFLAGS += $(OPT)
-LIBS := -lczmq -lzmq -lmicrohttpd -lcurl -ljansson -lmsgpackc -lpq -lm -lpthread
+LIBS := -lczmq -lzmq -lmicrohttpd -lcurl -ljansson -lmsgpackc -lpq -lcrypto -lm -lpthread
 
 LIB_SRC := $(wildcard lib/*.c) $(wildcard proto/*.c)
 INGRESS_SRC := $(filter-out %/main.c,$(wildcard services/ingress/*.c))
@@ -30,7 +30,7 @@ PROGRAMS := $(BIN)/ingress $(BIN)/dispatcher $(BIN)/accounting $(BIN)/mock-upstr
   $(BIN)/gw-report $(BIN)/gw-selftest
 
 DEB_PACKAGES := build-essential pkg-config libczmq-dev libzmq3-dev libmicrohttpd-dev \
-  libcurl4-openssl-dev libjansson-dev libmsgpack-dev libpq-dev postgresql python3 curl
+  libcurl4-openssl-dev libjansson-dev libmsgpack-dev libpq-dev libssl-dev postgresql python3 curl
 
 .PHONY: all deps run test test-asan asan selftest fuzz bench-accounting clean
 all: $(PROGRAMS)
@@ -52,7 +52,7 @@ $(BIN)/accounting: $(call obj_of,services/accounting/main.c $(ACCOUNTING_SRC) $(
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 $(BIN)/usage-gen: $(call obj_of,tools/usage-gen/main.c services/dispatcher/usage_spool.c \
-    services/dispatcher/usage_sender.c services/accounting/price_table.c $(LIB_SRC))
+    services/dispatcher/usage_sender.c $(LIB_SRC))
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 

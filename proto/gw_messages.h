@@ -6,8 +6,10 @@
 
     Encoding: one ZeroMQ frame holding a msgpack array
         [GW_PROTO_VERSION, message id, field 1, field 2, ...]
-    A peer that receives a different version answers nothing and logs it; ids are
-    never reused, new fields go at the end and bump the version.
+    Ids are never reused; new fields go at the end and bump the version. A
+    message of an older version (down to GW_PROTO_MIN_VERSION) still decodes:
+    the fields it lacks read as zero, false or "" (spools written before an
+    upgrade replay after it). A newer version is refused and logged.
 
     Field types: U32, U64 (unsigned integers), BOOL, STR (UTF-8 string, never NULL
     after decode), BIN (opaque bytes), STRLIST (array of strings).
@@ -15,11 +17,16 @@
     Sockets: each ingress binds one ROUTER ("jobs" endpoint); each dispatcher
     connects one DEALER to every ingress it is given. Usage events go from the
     dispatcher's spool to accounting (a ROUTER), which answers USAGE_ACK after commit.
+    Each accounting instance also binds a second ROUTER ("control" endpoint) for
+    the ingresses and operator tools: key lookups, admissions and releases,
+    the admin API and reports. It is served by its own thread and database
+    connection, so a large usage batch never delays an admission.
 */
 #ifndef GW_MESSAGES_H_INCLUDED
 #define GW_MESSAGES_H_INCLUDED
 
-#define GW_PROTO_VERSION 1
+#define GW_PROTO_VERSION 2
+#define GW_PROTO_MIN_VERSION 1
 
 /*  M(NAME, id, lowercase name, description) */
 #define GW_MESSAGES(M)                                                              \
@@ -36,7 +43,16 @@
     M (BYE, 11, bye, "dispatcher to ingress: stopping, send no more jobs")         \
     M (USAGE_ACK, 12, usage_ack, "accounting to dispatcher: these events are committed") \
     M (REPORT_REQUEST, 13, report_request, "ingress or tool to accounting: a usage report") \
-    M (REPORT_REPLY, 14, report_reply, "accounting to the asker: the report as JSON")
+    M (REPORT_REPLY, 14, report_reply, "accounting to the asker: the report as JSON") \
+    M (KEY_LOOKUP, 15, key_lookup, "ingress to accounting: who holds this key hash?") \
+    M (KEY_INFO, 16, key_info, "accounting to ingress: the key, or that it is not valid") \
+    M (ADMIT, 17, admit, "ingress to accounting: reserve rate, concurrency and budget") \
+    M (ADMIT_REPLY, 18, admit_reply, "accounting to ingress: admitted, or why not")   \
+    M (RELEASE, 19, release, "ingress to accounting: a request admitted earlier ended") \
+    M (RELEASE_ACK, 20, release_ack, "accounting to ingress: these releases are durable") \
+    M (INGRESS_ALIVE, 21, ingress_alive, "ingress to accounting: my admissions still run") \
+    M (ADMIN_REQUEST, 22, admin_request, "ingress or tool to accounting: an admin API call") \
+    M (ADMIN_REPLY, 23, admin_reply, "accounting to the asker: the admin API answer")
 
 /*  F(TYPE, field, description) */
 #define GW_HELLO_FIELDS(F)                                                          \
@@ -62,7 +78,8 @@
     F (BOOL, stream, "client asked for an SSE stream")                             \
     F (BOOL, client_usage, "client itself asked for stream_options.include_usage") \
     F (U64, queue_wait_us, "time the job waited in the ingress queue")             \
-    F (BIN, body, "the client's JSON body, validated, otherwise unchanged")
+    F (BIN, body, "the client's JSON body, validated, otherwise unchanged")       \
+    F (U64, api_key_id, "gateway key of the request, 0 when keys are off (v2)")
 
 #define GW_CANCEL_FIELDS(F)                                                         \
     F (U64, job_id, "job whose client disconnected")
@@ -80,7 +97,11 @@
     F (U64, job_id, "job that finished")                                           \
     F (U32, status, "HTTP status (if no HEAD was sent) or final upstream status")  \
     F (STR, content_type, "Content-Type of body, if no HEAD was sent")             \
-    F (BIN, body, "whole response body, or the tail of a stream")
+    F (BIN, body, "whole response body, or the tail of a stream")                \
+    F (U32, attempts, "upstream calls this dispatch made: usage events it wrote (v2)") \
+    F (BOOL, cost_known, "every call of this dispatch was priced (v2)")           \
+    F (U64, cost_pico, "cost of this dispatch's calls, 1e-12 currency units (v2)") \
+    F (STR, currency, "currency of cost_pico (v2)")
 
 #define GW_BYE_FIELDS(F)                                                            \
     F (STR, reason, "why the dispatcher stops; running jobs still finish")
@@ -101,6 +122,64 @@
     F (U32, status, "HTTP-like status: 200, 400 bad request, 503 database down")  \
     F (BIN, body, "JSON report, or an OpenAI-style error body")
 
+#define GW_KEY_LOOKUP_FIELDS(F)                                                     \
+    F (U64, correlation, "asker's id, echoed in the reply")                        \
+    F (STR, key_hash, "lowercase hex SHA-256 of the key the client presented")
+
+#define GW_KEY_INFO_FIELDS(F)                                                       \
+    F (U64, correlation, "the lookup's correlation id")                           \
+    F (U32, status, "200 valid; 401 unknown, revoked or expired; 503 database down") \
+    F (U64, key_id, "the key's id (200 only)")                                     \
+    F (U64, expires_ms, "unix ms after which the key is refused, 0 never")       \
+    F (STRLIST, models, "models the key may use; empty for all")                   \
+    F (BOOL, admit, "the key has limits or budgets: each request needs ADMIT")
+
+#define GW_ADMIT_FIELDS(F)                                                          \
+    F (U64, correlation, "asker's id, echoed in the reply")                        \
+    F (STR, request_id, "gateway request id; names the reservation")              \
+    F (U64, key_id, "key the request is made with")                                \
+    F (STR, ingress_id, "the asking ingress instance (its concurrency slots)")     \
+    F (STR, model, "public model name the client asked for")                      \
+    F (U64, prompt_tokens, "estimated prompt tokens")                              \
+    F (U64, max_tokens, "client's output cap; 0: the model's maximum output")
+
+#define GW_ADMIT_REPLY_FIELDS(F)                                                    \
+    F (U64, correlation, "the admission's correlation id")                        \
+    F (U32, status, "200 admitted; 429 limited; 401 key not valid; 503 database down") \
+    F (STR, code, "why not: rate_limit_requests, rate_limit_tokens, concurrency, budget_day...") \
+    F (STR, message, "human sentence for the client when not admitted")           \
+    F (U64, retry_after_ms, "when asking again can succeed (429)")                \
+    F (U64, reserved_pico, "budget reserved for the request, 1e-12 currency units") \
+    F (U64, rpm_limit, "requests per minute of the key, 0 none")                   \
+    F (U64, rpm_remaining, "requests left in the window after this one")          \
+    F (U64, rpm_reset_ms, "ms until the request window is whole again")           \
+    F (U64, tpm_limit, "tokens per minute of the key, 0 none")                     \
+    F (U64, tpm_remaining, "tokens left in the window after this one")            \
+    F (U64, tpm_reset_ms, "ms until the token window is whole again")
+
+#define GW_RELEASE_FIELDS(F)                                                        \
+    F (STR, request_id, "the admitted request that ended")                        \
+    F (BOOL, dispatched, "it reached a dispatcher; false: no usage will come")    \
+    F (U32, dispatch, "its last dispatch number")                                  \
+    F (U32, attempts, "usage events that dispatch wrote: the budget settles after them")
+
+#define GW_RELEASE_ACK_FIELDS(F)                                                    \
+    F (STRLIST, request_ids, "releases now durable (or already were)")
+
+#define GW_INGRESS_ALIVE_FIELDS(F)                                                  \
+    F (STR, ingress_id, "the ingress instance whose concurrency slots stay held")
+
+#define GW_ADMIN_REQUEST_FIELDS(F)                                                  \
+    F (U64, correlation, "asker's id, echoed in the reply")                        \
+    F (STR, method, "GET, POST, PATCH or DELETE")                                  \
+    F (STR, path, "/admin/keys or /admin/keys/<id>")                               \
+    F (BIN, body, "JSON body (POST, PATCH), may be empty")
+
+#define GW_ADMIN_REPLY_FIELDS(F)                                                    \
+    F (U64, correlation, "the request's correlation id")                          \
+    F (U32, status, "HTTP status for the admin client")                           \
+    F (BIN, body, "JSON answer, or an OpenAI-style error body")
+
 #define GW_USAGE_FIELDS(F)                                                          \
     F (STR, event_id, "unique: request_id.dispatch.attempt")                       \
     F (STR, request_id, "gateway request id")                                      \
@@ -120,6 +199,7 @@
     F (U64, queue_wait_us, "time in the ingress queue before dispatch")            \
     F (U64, ttfb_us, "start of the call to first upstream body byte")              \
     F (U64, total_us, "start of the call to its end")                              \
-    F (U64, started_ms, "wall clock in ms when the call started")
+    F (U64, started_ms, "wall clock in ms when the call started")                 \
+    F (U64, api_key_id, "gateway key of the request, 0 for none (v2)")
 
 #endif

@@ -138,6 +138,51 @@ s_unpack_STRLIST (const msgpack_object *o, gw_strlist_t *v)
     return 0;
 }
 
+/* ---- defaults for fields an older sender did not have ---- */
+
+static int
+s_default_U32 (uint32_t *v)
+{
+    *v = 0;
+    return 0;
+}
+
+static int
+s_default_U64 (uint64_t *v)
+{
+    *v = 0;
+    return 0;
+}
+
+static int
+s_default_BOOL (bool *v)
+{
+    *v = false;
+    return 0;
+}
+
+static int
+s_default_STR (char **v)
+{
+    //  Decoded strings are never NULL, missing ones included.
+    *v = strdup ("");
+    return *v ? 0 : -1;
+}
+
+static int
+s_default_BIN (gw_bin_t *v)
+{
+    *v = (gw_bin_t) { 0 };
+    return 0;
+}
+
+static int
+s_default_STRLIST (gw_strlist_t *v)
+{
+    *v = (gw_strlist_t) { 0 };
+    return 0;
+}
+
 /* ---- freeing ---- */
 
 static void
@@ -184,8 +229,13 @@ s_free_STRLIST (gw_strlist_t *v)
 #define GW_COUNT_FIELD(type, field, desc) +1
 #define GW_PACK_FIELD(type, field, desc) s_pack_##type (pk, m->field);
 #define GW_UNPACK_FIELD(type, field, desc)                                          \
-    if (s_unpack_##type (&f[i++], &m->field))                                       \
-        return -1;
+    if (i >= n) {                                                                   \
+        if (s_default_##type (&m->field))                                           \
+            return -1;                                                              \
+    }                                                                               \
+    else if (s_unpack_##type (&f[i], &m->field))                                    \
+        return -1;                                                                  \
+    i++;
 #define GW_FREE_FIELD(type, field, desc) s_free_##type (&m->field);
 
 #define GW_MESSAGE_FUNCS(NAME, num, name, desc)                                      \
@@ -197,10 +247,11 @@ s_free_STRLIST (gw_strlist_t *v)
         msgpack_pack_uint32 (pk, num);                                               \
         GW_##NAME##_FIELDS (GW_PACK_FIELD)                                          \
     }                                                                               \
-    static int s_unpack_##name (const msgpack_object *f, uint32_t n, gw_##name##_t *m) \
+    static int s_unpack_##name (const msgpack_object *f, uint32_t n, bool older,   \
+                                gw_##name##_t *m)                                   \
     {                                                                               \
         uint32_t i = 0;                                                             \
-        if (n < s_##name##_nfields)                                                 \
+        if (n < s_##name##_nfields && !older)                                       \
             return -1;                                                              \
         GW_##NAME##_FIELDS (GW_UNPACK_FIELD)                                        \
         (void) i;                                                                   \
@@ -365,7 +416,7 @@ gw_msg_decode (const void *data, size_t size, gw_msg_t *msg, char *err, size_t e
         uint32_t version = 0, id = 0;
         if (s_unpack_U32 (&f[0], &version) || s_unpack_U32 (&f[1], &id))
             why = "bad header";
-        else if (version != GW_PROTO_VERSION) {
+        else if (version < GW_PROTO_MIN_VERSION || version > GW_PROTO_VERSION) {
             status = GW_DECODE_VERSION;
             why = "protocol version mismatch";
         }
@@ -375,7 +426,7 @@ gw_msg_decode (const void *data, size_t size, gw_msg_t *msg, char *err, size_t e
             switch (id) {
 #define GW_UNPACK_CASE(NAME, num, name, desc)                                        \
     case GW_MSG_##NAME:                                                             \
-        frc = s_unpack_##name (f + 2, n, &msg->name);                               \
+        frc = s_unpack_##name (f + 2, n, version < GW_PROTO_VERSION, &msg->name);                               \
         break;
                 GW_MESSAGES (GW_UNPACK_CASE)
 #undef GW_UNPACK_CASE
@@ -603,6 +654,31 @@ gw_proto_test (bool verbose)
             data[pos] = saved;
         }
     free (data);
+
+    //  An older sender's message lacks the newer trailing fields: they read as
+    //  zero/empty. The same short message under the current version is refused.
+    {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init (&sb);
+        msgpack_packer_init (&pk, &sb, msgpack_sbuffer_write);
+        msgpack_pack_array (&pk, 2 + 2);
+        msgpack_pack_uint32 (&pk, GW_PROTO_MIN_VERSION);
+        msgpack_pack_uint32 (&pk, GW_MSG_KEY_INFO);
+        msgpack_pack_uint64 (&pk, 7);
+        msgpack_pack_uint32 (&pk, 200);
+        assert (gw_msg_decode (sb.data, sb.size, &out, NULL, 0) == GW_DECODE_OK);
+        assert (out.key_info.correlation == 7 && out.key_info.status == 200);
+        assert (out.key_info.key_id == 0 && out.key_info.models.count == 0 && !out.key_info.admit);
+        gw_msg_clear (&out);
+        sb.data[1] = GW_PROTO_VERSION;
+        assert (gw_msg_decode (sb.data, sb.size, &out, NULL, 0) == GW_DECODE_MALFORMED);
+        msgpack_sbuffer_destroy (&sb);
+        in = (gw_msg_t) { .id = GW_MSG_END };
+        s_roundtrip (&in, &out);
+        assert (out.end.currency && strcmp (out.end.currency, "") == 0);
+        gw_msg_clear (&out);
+    }
 
     //  Arbitrary bytes never crash (a cheap in-process fuzz; see tests/ for libFuzzer).
     unsigned seed = 12345;

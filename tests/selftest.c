@@ -3,6 +3,7 @@
 #include "call_usage.h"
 #include "chat_request.h"
 #include "dispatcher_pool.h"
+#include "gw_apikey.h"
 #include "gw_env.h"
 #include "gw_error.h"
 #include "gw_id.h"
@@ -30,6 +31,7 @@ typedef struct {
 static const selftest_t s_tests[] = {
     { "gw_proto", gw_proto_test },
     { "gw_env", gw_env_test },
+    { "gw_apikey", gw_apikey_test },
     { "gw_error", gw_error_test },
     { "gw_id", gw_id_test },
     { "gw_loop", gw_loop_test },
