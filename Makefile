@@ -27,7 +27,7 @@ MOCK_SRC := $(wildcard tools/mock-upstream/*.c)
 obj_of = $(patsubst %.c,$(OBJ)/%.o,$(1))
 
 PROGRAMS := $(BIN)/ingress $(BIN)/dispatcher $(BIN)/accounting $(BIN)/mock-upstream $(BIN)/usage-gen \
-  $(BIN)/gw-report $(BIN)/gw-selftest
+  $(BIN)/gw-report $(BIN)/gw-keys $(BIN)/gw-selftest
 
 DEB_PACKAGES := build-essential pkg-config libczmq-dev libzmq3-dev libmicrohttpd-dev \
   libcurl4-openssl-dev libjansson-dev libmsgpack-dev libpq-dev libssl-dev postgresql python3 curl
@@ -57,6 +57,10 @@ $(BIN)/usage-gen: $(call obj_of,tools/usage-gen/main.c services/dispatcher/usage
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 $(BIN)/gw-report: $(call obj_of,tools/gw-report/main.c $(LIB_SRC))
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BIN)/gw-keys: $(call obj_of,tools/gw-keys/main.c $(LIB_SRC))
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 

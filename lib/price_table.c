@@ -597,6 +597,56 @@ price_table_lookup (price_table_t *self, const char *provider, const char *model
     return 0;
 }
 
+/*  The period of series in effect at ms, or NULL before its first one. */
+static const period_t *
+s_period_at (const price_table_t *self, const series_t *series, int64_t ms)
+{
+    const period_t *periods = self->periods + series->first_period;
+    size_t lo = 0, hi = series->nperiods;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (periods[mid].from_ms <= ms)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo ? &periods[lo - 1] : NULL;
+}
+
+int
+price_table_max_rates (price_table_t *self, const char *model, const char *currency, int64_t at_ms,
+                       uint64_t *input, uint64_t *output)
+{
+    assert (self);
+    assert (model && currency);
+    assert (input && output);
+    //  A linear scan: there are a handful of series, and admissions are far
+    //  rarer than the price lookups of stored usage.
+    bool found = false;
+    uint64_t in = 0, out = 0;
+    for (size_t i = 0; i < self->nseries; i++) {
+        const series_t *series = &self->series[i];
+        if (strcmp (series->model, model) || strcmp (series->currency, currency))
+            continue;
+        const period_t *period = s_period_at (self, series, at_ms);
+        if (!period || !period->priced)
+            continue;
+        //  Every window too: a call may start outside one and be priced inside.
+        for (size_t w = 0; w <= period->nwindows; w++) {
+            const price_t *p = w == 0 ? &period->base : &self->windows[period->first_window + w - 1].price;
+            uint64_t prompt = p->hit > p->miss ? p->hit : p->miss;
+            in = prompt > in ? prompt : in;
+            out = p->output > out ? p->output : out;
+        }
+        found = true;
+    }
+    if (!found)
+        return -1;
+    *input = in;
+    *output = out;
+    return 0;
+}
+
 int
 price_cost (const price_t *price, uint64_t hit_tokens, uint64_t miss_tokens, uint64_t output_tokens,
             uint64_t *cost_pico)
@@ -818,6 +868,23 @@ price_table_test (bool verbose)
     assert (s_price_is (t, "p", "m", "CNY", INT64_MAX, 200000, 2000000, 3000000));
     assert (s_price_is (t, "p", "m", "USD", change, 28000, 280000, 420000));
     assert (price_table_lookup (t, "p", "m", "EUR", change, &p) == -1);
+    //  Highest rates of a model over providers and the windows of the period in force.
+    uint64_t max_in = 0, max_out = 0;
+    assert (price_table_max_rates (t, "m", "CNY", change, &max_in, &max_out) == 0);
+    assert (max_in == 1000000 && max_out == 1500000);
+    assert (price_table_max_rates (t, "m", "CNY", s_ms ("2025-03-01T00:00:00Z"), &max_in, &max_out) == 0);
+    assert (max_in == 2000000 && max_out == 3000000);
+    assert (price_table_max_rates (t, "m", "CNY", s_ms ("2025-09-02T00:00:00Z"), &max_in, &max_out) == -1);
+    assert (price_table_max_rates (t, "m", "EUR", change, &max_in, &max_out) == -1);
+    assert (price_table_max_rates (t, "p", "CNY", change, &max_in, &max_out) == -1);
+    price_table_t *two = s_parse (HEADER "p,m,CNY,2025-01-01T00:00:00Z,,1,2,3\n"
+                                         "q,m,CNY,2025-01-01T00:00:00Z,,5,4,1\n",
+                                  "t.csv", err, sizeof err);
+    assert (two);
+    assert (price_table_max_rates (two, "m", "CNY", change, &max_in, &max_out) == 0);
+    assert (max_in == 5000000 && max_out == 3000000);
+    price_table_destroy (&two);
+
     assert (price_table_lookup (t, "p", "M", "CNY", change, &p) == -1);
     assert (price_table_lookup (t, "q", "m", "CNY", change, &p) == -1);
     assert (price_table_lookup (t, "p", "m", "CNY", INT64_MIN, &p) == -1);

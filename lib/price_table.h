@@ -56,6 +56,14 @@ int price_table_cost (price_table_t *self, const char *provider, const char *mod
                       int64_t started_ms, uint64_t hit_tokens, uint64_t miss_tokens, uint64_t output_tokens,
                       uint64_t *cost_pico);
 
+/*  Highest prices of a public model in currency at at_ms, over every provider
+    and every row in force then (the all-day row and each time window of the
+    period in effect), in micro-units per 1M tokens; input is the higher of the
+    cache-hit and cache-miss prices. Bounds what one call may cost before it is
+    made. Returns 0, or -1 (outputs untouched) when nothing prices the model. */
+int price_table_max_rates (price_table_t *self, const char *model, const char *currency, int64_t at_ms,
+                           uint64_t *input, uint64_t *output);
+
 /*  Cost in pico-units of the given tokens at price. Returns 0, or -1 on overflow. */
 int price_cost (const price_t *price, uint64_t hit_tokens, uint64_t miss_tokens, uint64_t output_tokens,
                 uint64_t *cost_pico);

@@ -1,8 +1,11 @@
 /*  selftest.c: runs every module selftest, or the ones named on the command line.
     Usage: gw-selftest [-v] [name ...]   Prints "N passed, N failed". */
+#include "admin_api.h"
 #include "call_usage.h"
 #include "chat_request.h"
 #include "dispatcher_pool.h"
+#include "key_cache.h"
+#include "key_limits.h"
 #include "gw_apikey.h"
 #include "gw_env.h"
 #include "gw_error.h"
@@ -38,12 +41,15 @@ static const selftest_t s_tests[] = {
     { "gw_time", gw_time_test },
     { "chat_request", chat_request_test },
     { "dispatcher_pool", dispatcher_pool_test },
+    { "key_cache", key_cache_test },
     { "provider_table", provider_table_test },
     { "call_usage", call_usage_test },
     { "sse_reader", sse_reader_test },
     { "usage_log", usage_log_test },
     { "price_table", price_table_test },
     { "usage_spool", usage_spool_test },
+    { "key_limits", key_limits_test },
+    { "admin_api", admin_api_test },
 };
 
 int

@@ -19,11 +19,18 @@ from test_gateway import BIN, Stack, chat, kill9, post, wait_for
 _started = []
 
 
-def start_accounting(db, endpoint, extra=None):
-    """Starts an accounting instance; any still running when its test ends is killed (see cleanup)."""
-    env = {"DATABASE_URL": db.dsn, "GW_ACCOUNTING_BIND": endpoint, "GW_LOG_LEVEL": "info"}
+def start_accounting(db, endpoint, extra=None, control=None):
+    """Starts an accounting instance; any still running when its test ends is killed (see cleanup).
+
+    endpoint is its usage endpoint (GW_ACCOUNTING_BIND); control its control endpoint
+    (GW_CONTROL_BIND: keys, admission, reports), a free port when not given, so that
+    two instances never fight over the default 5557. proc.control holds it."""
+    control = control or f"tcp://127.0.0.1:{harness.free_port()}"
+    env = {"DATABASE_URL": db.dsn, "GW_ACCOUNTING_BIND": endpoint, "GW_CONTROL_BIND": control,
+           "GW_LOG_LEVEL": "info"}
     env.update(extra or {})
     proc = harness.start("accounting", [os.path.join(BIN, "accounting")], env)
+    proc.control = control
     _started.append(proc)
     return proc
 
@@ -177,7 +184,8 @@ def test_usage_reports_over_http_and_cli():
     with Postgres() as db, tempfile.TemporaryDirectory() as tmp:
         ep = f"tcp://127.0.0.1:{harness.free_port()}"
         acc = start_accounting(db, ep)
-        with Stack(ingress_env={"GW_ACCOUNTING_ENDPOINTS": ep, "GW_REPORT_TIMEOUT_MS": "1000"},
+        # GW_AUTH=none (Stack's default): /v1/usage is open, as before keys existed
+        with Stack(ingress_env={"GW_CONTROL_ENDPOINTS": acc.control, "GW_CONTROL_TIMEOUT_MS": "1000"},
                    dispatcher_env={"GW_ACCOUNTING_ENDPOINTS": ep, "GW_SPOOL_DIR": os.path.join(tmp, "spool"),
                                    "GW_USAGE_RESEND_MS": "300"}) as s:
             for i in range(6):
@@ -205,12 +213,14 @@ def test_usage_reports_over_http_and_cli():
             st, _, body = harness.http("GET", s.url + "/v1/usage?from=yesterday&to=today")
             assert st == 400
             # the operator's command-line tool says the same
-            cli = subprocess.run([os.path.join(BIN, "gw-report"), "--accounting", ep, "--period", "month",
-                                  "--by", "model", "--json"], capture_output=True, text=True, timeout=30)
+            # (reports are asked on accounting's control endpoint: GW_CONTROL_ENDPOINTS)
+            cli_env = dict(os.environ, GW_CONTROL_ENDPOINTS=acc.control)
+            cli = subprocess.run([os.path.join(BIN, "gw-report"), "--period", "month",
+                                  "--by", "model", "--json"], capture_output=True, text=True, timeout=30, env=cli_env)
             assert cli.returncode == 0, cli.stderr
             assert json.loads(cli.stdout)["total"]["cost_pico"] == str(cost_pico)
-            table = subprocess.run([os.path.join(BIN, "gw-report"), "--accounting", ep, "--by", "model"],
-                                   capture_output=True, text=True, timeout=30).stdout
+            table = subprocess.run([os.path.join(BIN, "gw-report"), "--by", "model"],
+                                   capture_output=True, text=True, timeout=30, env=cli_env).stdout
             assert "deepseek-reasoner" in table and "TOTAL" in table
             # accounting gone: a clear 503, not a hang
             acc.stop()

@@ -22,7 +22,9 @@ MOCK_KEY = "sk-mock-test-key"
 class Stack:
     """Mock upstream + ingresses + dispatchers, torn down (and checked) on exit."""
 
-    def __init__(self, dispatchers=1, ingresses=1, ingress_env=None, dispatcher_env=None, mock=True):
+    def __init__(self, dispatchers=1, ingresses=1, ingress_env=None, dispatcher_env=None, mock=True,
+                 mock_key=MOCK_KEY):
+        self.mock_key = mock_key  # the upstream key: the mock's and the dispatchers' DEEPSEEK_API_KEY
         self.tmp = tempfile.mkdtemp(prefix="gw-test-")
         self.usage_path = os.path.join(self.tmp, "usage.log")
         self.procs = []
@@ -31,7 +33,7 @@ class Stack:
             port = harness.free_port()
             self.mock_url = f"http://127.0.0.1:{port}"
             self.mock = self._start("mock", [os.path.join(BIN, "mock-upstream")],
-                                    {"MOCK_PORT": str(port), "MOCK_API_KEY": MOCK_KEY},
+                                    {"MOCK_PORT": str(port), "MOCK_API_KEY": mock_key},
                                     self.mock_url + "/mock/stats")
         self.ingress_urls = []
         self.jobs_endpoints = []
@@ -56,8 +58,10 @@ class Stack:
         """Starts an ingress; port/jobs given reuse the addresses of one that stopped."""
         replacing = port is not None
         port, jobs = port or harness.free_port(), jobs or harness.free_port()
+        # Keys are on by default (docs/keys.md); these stacks have no accounting to
+        # ask, so they run without them unless the caller says otherwise.
         env = {"GW_HTTP_PORT": str(port), "GW_JOBS_BIND": f"tcp://127.0.0.1:{jobs}",
-               "GW_HEARTBEAT_MS": "100", "GW_HEARTBEAT_LIVENESS": "3"}
+               "GW_HEARTBEAT_MS": "100", "GW_HEARTBEAT_LIVENESS": "3", "GW_AUTH": "none"}
         env.update(extra or {})
         url = f"http://127.0.0.1:{port}"
         proc = self._start("ingress", [os.path.join(BIN, "ingress")], env, url + "/health")
@@ -71,7 +75,7 @@ class Stack:
     def add_dispatcher(self, extra=None):
         env = {"GW_INGRESS_ENDPOINTS": ",".join(self.jobs_endpoints),
                "GW_HEARTBEAT_MS": "100", "GW_HEARTBEAT_LIVENESS": "3",
-               "GW_USAGE_LOG": self.usage_path, "DEEPSEEK_API_KEY": MOCK_KEY,
+               "GW_USAGE_LOG": self.usage_path, "DEEPSEEK_API_KEY": self.mock_key,
                "GW_RETRY_BASE_MS": "20"}
         if self.mock_url:
             env["GW_PROVIDER_DEEPSEEK_BASE_URL"] = self.mock_url
@@ -152,6 +156,11 @@ def strip_ids(obj):
     obj.pop("id", None)
     obj.pop("created", None)
     return obj
+
+
+def without_cost(events):
+    """SSEStream events without the gateway's closing `: x-gateway-cost=...` comment (docs/keys.md)."""
+    return [e for e in events if not (e[0] == "comment" and e[1].startswith("x-gateway-cost="))]
 
 
 def error_of(body):
@@ -333,7 +342,7 @@ def test_keepalive_comments_relayed():
     with Stack() as s:
         with harness.SSEStream(s.url + "/v1/chat/completions",
                                chat("[[mock first_byte_ms=500 keepalive_ms=100 tokens=2]]", stream=True)) as stream:
-            events = list(stream.events())
+            events = without_cost(stream.events())
         assert ("comment", "keep-alive") in events[:3], events
         assert events[-1] == ("data", "[DONE]")
 
@@ -472,7 +481,7 @@ def test_ingress_sigterm_lets_requests_finish():
         t.start()
         time.sleep(0.1)
         s.ingresses[0].proc.send_signal(signal.SIGTERM)
-        events = [e for e in stream.events()]
+        events = without_cost(stream.events())
         t.join(10)
         assert events[-1] == ("data", "[DONE]") and not any("error" in e[1] for e in events if e[1] != "[DONE]")
         assert plain["r"][0] == 200
@@ -491,7 +500,7 @@ def test_ingress_sigterm_grace_runs_out():
                                    chat("[[mock tokens=100 token_ms=50]]", stream=True))
         assert stream.next_event()[0] == "data"
         s.ingresses[0].proc.send_signal(signal.SIGTERM)
-        events = list(stream.events())
+        events = without_cost(stream.events())
         assert events[-1] == ("data", "[DONE]")
         assert json.loads(events[-2][1])["error"]["code"] == "shutting_down"
         s.ingresses[0].stop()
@@ -510,7 +519,7 @@ def test_dispatcher_sigterm_finishes_its_jobs():
         for i in range(5):
             assert post(s.url, chat(f"after {i}"))[0] == 200
         for st in streams:
-            events = list(st.events())
+            events = without_cost(st.events())
             assert events[-1] == ("data", "[DONE]")
             assert not any(kind == "data" and '"error"' in data for kind, data in events)
         leaving.stop()  # exit status 0 once its jobs are done

@@ -2,7 +2,6 @@
 #include "usage_intake.h"
 #include "gw_log.h"
 #include "gw_proto.h"
-#include "usage_report.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -78,20 +77,6 @@ s_on_reconnect (gw_loop_t *loop, gw_timer_t *timer, void *arg)
     gw_timer_start (loop, timer, self->reconnect_ms);
 }
 
-/*  Reports share the socket: they are rare and answered in the same turn. */
-static void
-s_report (usage_intake_t *self, s_item_t *it)
-{
-    //  No reconnect from here: that is the intake's job, with its backoff.
-    uint32_t status = 500;
-    char *body = usage_report_run (self->store, &it->msg.report_request, self->config.currency, &status);
-    gw_msg_t reply = { .id = GW_MSG_REPORT_REPLY };
-    reply.report_reply = (gw_report_reply_t) { it->msg.report_request.correlation, status,
-                                               { (uint8_t *) body, body ? strlen (body) : 0 } };
-    gw_msg_send (self->router, it->rid, it->rid_size, &reply);
-    free (body);
-}
-
 static void
 s_on_router (gw_loop_t *loop, void *socket, void *arg)
 {
@@ -103,11 +88,6 @@ s_on_router (gw_loop_t *loop, void *socket, void *arg)
         gw_decode_t rc = gw_msg_recv (socket, it->rid, &it->rid_size, &it->msg);
         if (rc == GW_DECODE_INTERRUPTED)
             break;
-        if (rc == GW_DECODE_OK && it->msg.id == GW_MSG_REPORT_REQUEST) {
-            s_report (self, it);
-            gw_msg_clear (&it->msg);
-            continue;
-        }
         if (rc != GW_DECODE_OK || it->msg.id != GW_MSG_USAGE) {
             if (rc == GW_DECODE_OK)
                 gw_warn ("intake", "unexpected message id=%s", gw_msg_name (it->msg.id));

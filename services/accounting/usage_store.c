@@ -49,6 +49,171 @@ static const struct {
          ");"
          "CREATE INDEX usage_events_started_at ON usage_events (started_at);"
          "CREATE INDEX usage_events_request_id ON usage_events (request_id);" },
+    { 2, "CREATE TABLE api_keys ("
+         "  id bigserial PRIMARY KEY,"
+         "  key_hash text UNIQUE NOT NULL,"
+         "  prefix text NOT NULL,"
+         "  name text NOT NULL DEFAULT '',"
+         "  created_at timestamptz NOT NULL DEFAULT now(),"
+         "  updated_at timestamptz NOT NULL DEFAULT now(),"
+         "  expires_at timestamptz,"
+         "  revoked_at timestamptz,"
+         "  models text[] NOT NULL DEFAULT '{}',"
+         //  Limits and budgets: NULL takes the service default, -1 is unlimited.
+         "  rpm bigint, tpm bigint, concurrency bigint,"
+         "  budget_day_pico bigint, budget_week_pico bigint, budget_month_pico bigint, budget_total_pico bigint"
+         ");"
+         //  Real spend and tokens of stored usage per key and UTC period ('total'
+         //  starts at the epoch); written in the usage transaction.
+         "CREATE TABLE key_spend ("
+         "  key_id bigint NOT NULL,"
+         "  period text NOT NULL,"
+         "  period_start timestamptz NOT NULL,"
+         "  cost_pico bigint NOT NULL DEFAULT 0,"
+         "  tokens bigint NOT NULL DEFAULT 0,"
+         "  PRIMARY KEY (key_id, period, period_start)"
+         ");"
+         "CREATE TABLE key_requests ("
+         "  key_id bigint NOT NULL,"
+         "  minute timestamptz NOT NULL,"
+         "  requests bigint NOT NULL,"
+         "  PRIMARY KEY (key_id, minute)"
+         ");"
+         "CREATE TABLE reservations ("
+         "  request_id text PRIMARY KEY,"
+         "  key_id bigint NOT NULL,"
+         "  ingress_id text NOT NULL,"
+         "  amount_pico bigint NOT NULL,"
+         "  tokens bigint NOT NULL,"
+         "  created_at timestamptz NOT NULL,"
+         "  expires_at timestamptz NOT NULL,"
+         "  released_at timestamptz,"
+         "  dispatch integer,"
+         "  attempts integer"
+         ");"
+         "CREATE INDEX reservations_key_id ON reservations (key_id);"
+         "CREATE INDEX reservations_expires_at ON reservations (expires_at);"
+         "CREATE TABLE ingress_alive (ingress_id text PRIMARY KEY, seen_at timestamptz NOT NULL);"
+         //  The whole admission in one round trip, under the key row's lock: the
+         //  checks of docs/keys.md in order, then the reservation and the request
+         //  count, or nothing. It raises no error of its own, so many admissions
+         //  can share one transaction. Sliding windows are exact integer
+         //  arithmetic: prev * (60000 - elapsed_ms) + curr * 60000 <= limit * 60000.
+         //  It returns the raw window counts (without this request); the caller
+         //  derives remaining, reset and retry times from them.
+         "CREATE FUNCTION gw_admit(p_request text, p_key bigint, p_ingress text, p_cost bigint, p_tokens bigint,"
+         "  d_rpm bigint, d_tpm bigint, d_conc bigint,"
+         "  d_day bigint, d_week bigint, d_month bigint, d_total bigint,"
+         "  p_ttl_s integer, p_alive_s integer,"
+         "  OUT status integer, OUT code text, OUT reserved_pico bigint, OUT elapsed_ms bigint,"
+         "  OUT rpm_limit bigint, OUT rpm_prev bigint, OUT rpm_curr bigint,"
+         "  OUT tpm_limit bigint, OUT tpm_prev bigint, OUT tpm_curr bigint,"
+         "  OUT conc_limit bigint, OUT busy bigint,"
+         "  OUT budget_limit bigint, OUT budget_used bigint, OUT reset_at text)"
+         " LANGUAGE plpgsql AS $$"
+         " DECLARE"
+         "  k api_keys%ROWTYPE;"
+         "  t timestamptz := clock_timestamp();"
+         "  m0 timestamptz := date_trunc('minute', t, 'UTC');"
+         "  spent bigint[];"
+         "  held bigint; held_tokens bigint; mine bigint;"
+         "  lims bigint[]; starts timestamptz[]; i integer;"
+         "  names text[] := ARRAY['budget_day', 'budget_week', 'budget_month', 'budget_total'];"
+         "  steps interval[] := ARRAY[interval '1 day', interval '1 week', interval '1 month', NULL];"
+         " BEGIN"
+         "  status := 200; code := ''; reserved_pico := 0; busy := 0;"
+         "  elapsed_ms := floor(extract(epoch FROM t - m0) * 1000)::bigint;"
+         "  SELECT * INTO k FROM api_keys WHERE id = p_key FOR UPDATE;"
+         "  IF NOT FOUND OR k.revoked_at IS NOT NULL OR k.expires_at <= t THEN"
+         "   status := 401; code := 'invalid_api_key'; RETURN;"
+         "  END IF;"
+         "  rpm_limit := CASE WHEN k.rpm IS NULL THEN d_rpm WHEN k.rpm < 0 THEN NULL ELSE k.rpm END;"
+         "  tpm_limit := CASE WHEN k.tpm IS NULL THEN d_tpm WHEN k.tpm < 0 THEN NULL ELSE k.tpm END;"
+         "  conc_limit := CASE WHEN k.concurrency IS NULL THEN d_conc WHEN k.concurrency < 0 THEN NULL"
+         "   ELSE k.concurrency END;"
+         "  lims := ARRAY["
+         "   CASE WHEN k.budget_day_pico IS NULL THEN d_day WHEN k.budget_day_pico < 0 THEN NULL"
+         "    ELSE k.budget_day_pico END,"
+         "   CASE WHEN k.budget_week_pico IS NULL THEN d_week WHEN k.budget_week_pico < 0 THEN NULL"
+         "    ELSE k.budget_week_pico END,"
+         "   CASE WHEN k.budget_month_pico IS NULL THEN d_month WHEN k.budget_month_pico < 0 THEN NULL"
+         "    ELSE k.budget_month_pico END,"
+         "   CASE WHEN k.budget_total_pico IS NULL THEN d_total WHEN k.budget_total_pico < 0 THEN NULL"
+         "    ELSE k.budget_total_pico END];"
+         "  starts := ARRAY[date_trunc('day', t, 'UTC'), date_trunc('week', t, 'UTC'),"
+         "   date_trunc('month', t, 'UTC'), 'epoch'::timestamptz];"
+         //  Every read of spend, windows and reservations in one statement, one snapshot.
+         "  SELECT coalesce(q.prev, 0), coalesce(q.curr, 0), coalesce(s.tprev, 0), coalesce(s.tcurr, 0),"
+         "   ARRAY[coalesce(s.day, 0), coalesce(s.week, 0), coalesce(s.month, 0), coalesce(s.total, 0)],"
+         "   coalesce(r.busy, 0), coalesce(r.amount, 0), coalesce(r.tokens, 0), r.mine"
+         "  INTO rpm_prev, rpm_curr, tpm_prev, tpm_curr, spent, busy, held, held_tokens, mine"
+         "  FROM (SELECT sum(requests) FILTER (WHERE minute = m0 - interval '1 minute') AS prev,"
+         "     sum(requests) FILTER (WHERE minute = m0) AS curr"
+         "    FROM key_requests WHERE key_id = p_key AND minute >= m0 - interval '1 minute') q,"
+         "   (SELECT sum(tokens) FILTER (WHERE period = 'minute' AND period_start = m0 - interval '1 minute') AS tprev,"
+         "     sum(tokens) FILTER (WHERE period = 'minute' AND period_start = m0) AS tcurr,"
+         "     sum(cost_pico) FILTER (WHERE period = 'day' AND period_start = starts[1]) AS day,"
+         "     sum(cost_pico) FILTER (WHERE period = 'week' AND period_start = starts[2]) AS week,"
+         "     sum(cost_pico) FILTER (WHERE period = 'month' AND period_start = starts[3]) AS month,"
+         "     sum(cost_pico) FILTER (WHERE period = 'total') AS total"
+         "    FROM key_spend WHERE key_id = p_key) s,"
+         "   (SELECT count(*) FILTER (WHERE x.released_at IS NULL AND (x.created_at > t - make_interval(secs => p_alive_s)"
+         "      OR EXISTS (SELECT 1 FROM ingress_alive a WHERE a.ingress_id = x.ingress_id"
+         "       AND a.seen_at > t - make_interval(secs => p_alive_s)))) AS busy,"
+         "     sum(x.amount_pico) AS amount, sum(x.tokens) AS tokens,"
+         "     max(x.amount_pico) FILTER (WHERE x.request_id = p_request) AS mine"
+         "    FROM reservations x WHERE x.key_id = p_key AND x.expires_at > t) r;"
+         //  Asked again: already admitted and counted once. The figures are
+         //  given as if it were new (the caller adds it), like the first answer.
+         "  IF mine IS NOT NULL THEN"
+         "   reserved_pico := mine; rpm_curr := greatest(rpm_curr - 1, 0);"
+         "   tpm_curr := greatest(tpm_curr + held_tokens - p_tokens, 0); RETURN;"
+         "  END IF;"
+         "  tpm_curr := tpm_curr + held_tokens;"
+         "  IF conc_limit IS NOT NULL AND busy + 1 > conc_limit THEN"
+         "   status := 429; code := 'concurrency'; RETURN;"
+         "  END IF;"
+         "  IF rpm_limit IS NOT NULL AND rpm_prev::numeric * (60000 - elapsed_ms) + (rpm_curr + 1)::numeric * 60000"
+         "    > rpm_limit::numeric * 60000 THEN"
+         "   status := 429; code := 'rate_limit_requests'; RETURN;"
+         "  END IF;"
+         "  IF tpm_limit IS NOT NULL AND tpm_prev::numeric * (60000 - elapsed_ms)"
+         "    + (tpm_curr::numeric + p_tokens) * 60000 > tpm_limit::numeric * 60000 THEN"
+         "   status := 429; code := 'rate_limit_tokens'; RETURN;"
+         "  END IF;"
+         "  FOR i IN 1..4 LOOP"
+         "   IF lims[i] IS NOT NULL AND spent[i]::numeric + held + p_cost > lims[i] THEN"
+         "    status := 429; code := names[i]; budget_limit := lims[i];"
+         "    budget_used := LEAST(spent[i]::numeric + held, 9223372036854775807)::bigint;"
+         "    reset_at := to_char((starts[i] + steps[i]) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"');"
+         "    RETURN;"
+         "   END IF;"
+         "  END LOOP;"
+         "  INSERT INTO reservations (request_id, key_id, ingress_id, amount_pico, tokens, created_at, expires_at)"
+         "   VALUES (p_request, p_key, p_ingress, p_cost, p_tokens, t, t + make_interval(secs => p_ttl_s))"
+         "   ON CONFLICT (request_id) DO UPDATE SET key_id = EXCLUDED.key_id, ingress_id = EXCLUDED.ingress_id,"
+         "    amount_pico = EXCLUDED.amount_pico, tokens = EXCLUDED.tokens, created_at = EXCLUDED.created_at,"
+         "    expires_at = EXCLUDED.expires_at, released_at = NULL, dispatch = NULL, attempts = NULL;"
+         "  INSERT INTO key_requests (key_id, minute, requests) VALUES (p_key, m0, 1)"
+         "   ON CONFLICT (key_id, minute) DO UPDATE SET requests = key_requests.requests + 1;"
+         "  reserved_pico := p_cost;"
+         " END $$;"
+         //  A request ended: its concurrency slot is free; its budget settles now
+         //  if no usage will come or all of it is stored. The count is a second
+         //  statement, so its snapshot is taken after the row lock is held: a
+         //  usage transaction that stored events of this request meanwhile has
+         //  committed, and its rows are seen.
+         "CREATE FUNCTION gw_release(p_request text, p_dispatched boolean, p_dispatch integer, p_attempts integer)"
+         " RETURNS void LANGUAGE plpgsql AS $$"
+         " BEGIN"
+         "  UPDATE reservations SET released_at = coalesce(released_at, clock_timestamp()),"
+         "   dispatch = p_dispatch, attempts = CASE WHEN p_dispatched THEN p_attempts ELSE 0 END"
+         "   WHERE request_id = p_request;"
+         "  IF NOT FOUND THEN RETURN; END IF;"
+         "  DELETE FROM reservations r WHERE r.request_id = p_request AND (r.attempts = 0"
+         "   OR (SELECT count(*) FROM usage_events u WHERE u.request_id = p_request AND u.dispatch = r.dispatch)"
+         "    >= r.attempts);"
+         " END $$;" },
 };
 
 /*  The columns a usage row is written with (recorded_at takes its default). */
@@ -168,11 +333,16 @@ usage_store_connect (usage_store_t *self)
         self->conn = NULL;
         return -1;
     }
-    //  The staging table lives as long as the session; rows vanish at commit.
+    //  The staging tables live as long as the session; rows vanish at commit.
+    //  usage_new holds what a batch really added (not its resent events), per key.
     if (s_migrate (self)
         || s_exec (self,
                    "CREATE TEMP TABLE IF NOT EXISTS usage_stage (LIKE usage_events INCLUDING DEFAULTS)"
                    " ON COMMIT DELETE ROWS",
+                   PGRES_COMMAND_OK)
+        || s_exec (self,
+                   "CREATE TEMP TABLE IF NOT EXISTS usage_new (api_key_id bigint, started_at timestamptz,"
+                   " cost_pico bigint, tokens numeric) ON COMMIT DELETE ROWS",
                    PGRES_COMMAND_OK)) {
         PQfinish (self->conn);
         self->conn = NULL;
@@ -213,7 +383,10 @@ s_copy_row (gw_buf_t *buf, const usage_row_t *r, const char *currency)
     s_copy_text (buf, e->event_id);
     gw_buf_append (buf, "\t", 1);
     s_copy_text (buf, e->request_id);
-    int n = snprintf (num, sizeof num, "\t%u\t%u\t\\N\t", e->dispatch, e->attempt);
+    //  Key 0 is "no key": NULL, so reports group it as "none".
+    int n = e->api_key_id ? snprintf (num, sizeof num, "\t%u\t%u\t%llu\t", e->dispatch, e->attempt,
+                                      (unsigned long long) e->api_key_id)
+                          : snprintf (num, sizeof num, "\t%u\t%u\t\\N\t", e->dispatch, e->attempt);
     gw_buf_append (buf, num, (size_t) n);
     s_copy_text (buf, e->provider);
     gw_buf_append (buf, "\t", 1);
@@ -240,6 +413,61 @@ s_copy_row (gw_buf_t *buf, const usage_row_t *r, const char *currency)
     else
         n = snprintf (num, sizeof num, "\t\\N\n");
     gw_buf_append (buf, num, (size_t) n);
+}
+
+/*  The keys' side of a usage batch, inside its transaction: the real cost and
+    tokens added to each key's periods, then the settlement of released
+    reservations whose usage is now complete. Usage must be stored whatever
+    happens here, so this runs under a savepoint: a failure (a deadlock with
+    another instance, say) is retried once, then given up with an error (the
+    reservations then lapse after their TTL) and the batch commits anyway. */
+static const char *s_key_spend_sql =
+    //  Minute rows only for the window that rate limits still look at.
+    "INSERT INTO key_spend (key_id, period, period_start, cost_pico, tokens)"
+    " SELECT n.api_key_id, p.period, p.start,"
+    "  LEAST(sum(coalesce(n.cost_pico, 0)), 9223372036854775807)::bigint,"
+    "  LEAST(sum(n.tokens), 9223372036854775807)::bigint"
+    " FROM usage_new n CROSS JOIN LATERAL (VALUES"
+    "  ('minute', date_trunc('minute', n.started_at, 'UTC')), ('day', date_trunc('day', n.started_at, 'UTC')),"
+    "  ('week', date_trunc('week', n.started_at, 'UTC')), ('month', date_trunc('month', n.started_at, 'UTC')),"
+    "  ('total', 'epoch'::timestamptz)) AS p (period, start)"
+    " WHERE p.period <> 'minute' OR p.start >= date_trunc('minute', now(), 'UTC') - interval '2 minutes'"
+    //  In key order, like the usage rows: concurrent batches cannot deadlock.
+    " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    " ON CONFLICT (key_id, period, period_start) DO UPDATE SET"
+    "  cost_pico = LEAST(key_spend.cost_pico::numeric + EXCLUDED.cost_pico, 9223372036854775807)::bigint,"
+    "  tokens = LEAST(key_spend.tokens::numeric + EXCLUDED.tokens, 9223372036854775807)::bigint";
+
+/*  Locks first, in order, every reservation of a request in the batch (released
+    or not: a RELEASE running now must wait for this transaction, or this one
+    for it). The count below is a new statement, so its snapshot sees whatever
+    the other side committed while this one waited: two instances storing
+    different events of one request cannot both miss the last one. */
+static const char *s_lock_sql =
+    "SELECT 1 FROM reservations WHERE request_id IN (SELECT request_id FROM usage_stage)"
+    " ORDER BY request_id FOR UPDATE";
+static const char *s_settle_sql =
+    "DELETE FROM reservations r WHERE r.request_id IN (SELECT request_id FROM usage_stage)"
+    " AND r.released_at IS NOT NULL AND r.attempts IS NOT NULL"
+    " AND (SELECT count(*) FROM usage_events u WHERE u.request_id = r.request_id AND u.dispatch = r.dispatch)"
+    "  >= r.attempts";
+
+static void
+s_key_accounts (usage_store_t *self)
+{
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (s_exec (self, "SAVEPOINT key_accounts", PGRES_COMMAND_OK))
+            return;
+        if (s_exec (self, s_key_spend_sql, PGRES_COMMAND_OK) == 0 && s_exec (self, s_lock_sql, PGRES_TUPLES_OK) == 0
+            && s_exec (self, s_settle_sql, PGRES_COMMAND_OK) == 0) {
+            s_exec (self, "RELEASE SAVEPOINT key_accounts", PGRES_COMMAND_OK);
+            return;
+        }
+        if (PQstatus (self->conn) != CONNECTION_OK
+            || s_exec (self, "ROLLBACK TO SAVEPOINT key_accounts", PGRES_COMMAND_OK))
+            return;
+    }
+    gw_error ("store", "key spend and settlement given up for this batch; its reservations lapse at their TTL");
 }
 
 int
@@ -272,9 +500,15 @@ usage_store_insert (usage_store_t *self, const usage_row_t *rows, size_t n)
     if (!rc)
         //  In key order: two instances storing overlapping batches (a resend went
         //  to the other one) then lock rows in the same order and cannot deadlock.
-        rc = s_exec (self, "INSERT INTO usage_events (" USAGE_COLUMNS ") SELECT " USAGE_COLUMNS
-                     " FROM usage_stage ORDER BY event_id ON CONFLICT (event_id) DO NOTHING",
+        rc = s_exec (self,
+                     "WITH ins AS (INSERT INTO usage_events (" USAGE_COLUMNS ") SELECT " USAGE_COLUMNS
+                     " FROM usage_stage ORDER BY event_id ON CONFLICT (event_id) DO NOTHING"
+                     " RETURNING api_key_id, started_at, cost_pico,"
+                     " cache_hit_tokens::numeric + cache_miss_tokens + completion_tokens AS tokens)"
+                     " INSERT INTO usage_new SELECT * FROM ins WHERE api_key_id IS NOT NULL",
                      PGRES_COMMAND_OK);
+    if (!rc)
+        s_key_accounts (self);
     if (!rc)
         rc = s_exec (self, "COMMIT", PGRES_COMMAND_OK);
     gw_buf_free (&buf);
@@ -285,6 +519,22 @@ usage_store_insert (usage_store_t *self, const usage_row_t *rows, size_t n)
         gw_warn ("store", "batch not stored rows=%zu", n);
     }
     return rc;
+}
+
+PGresult *
+usage_store_exec (usage_store_t *self, const char *sql, int nparams, const char *const *values)
+{
+    if (!self->ready)
+        return NULL;
+    PGresult *res = PQexecParams (self->conn, sql, nparams, NULL, values, NULL, NULL, 0);
+    ExecStatusType status = PQresultStatus (res);
+    if (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK)
+        return res;
+    gw_error ("store", "statement failed error=%s sql=%.60s", PQerrorMessage (self->conn), sql);
+    PQclear (res);
+    if (PQstatus (self->conn) != CONNECTION_OK)
+        self->ready = false;
+    return NULL;
 }
 
 PGresult *

@@ -1,11 +1,15 @@
 /*  usage_store.h: usage rows in PostgreSQL, written exactly once.
 
-    The store is the only writer of the usage table. A batch of events goes in as
+    The store is the only writer of the usage table. The control thread opens a
+    store of its own: it is also that thread's PostgreSQL connection (keys,
+    admissions, reports), migrated and reconnected the same way. A batch of events goes in as
     one transaction (COPY into a staging table, then INSERT ... ON CONFLICT
     (event_id) DO NOTHING), so a resent event is a no-op and a batch is either all
     durable or not at all. The schema is created by versioned migrations applied
     at connect time under an advisory lock, so several accounting instances may
-    start together.
+    start together In the same transaction as the rows, the real cost and
+    tokens of each key's new rows go into key_spend, and the reservations whose
+    usage is now complete are settled (see docs/keys.md).
 */
 #ifndef USAGE_STORE_H_INCLUDED
 #define USAGE_STORE_H_INCLUDED
@@ -44,5 +48,11 @@ int usage_store_insert (usage_store_t *self, const usage_row_t *rows, size_t n);
     connection makes the store not ready). */
 struct pg_result;
 struct pg_result *usage_store_query (usage_store_t *self, const char *sql, int nparams, const char *const *values);
+
+/*  Runs any statement (a query, a command, BEGIN or COMMIT) with text
+    parameters. Returns its result (caller PQclears), or NULL when it failed
+    (logged; a broken connection makes the store not ready, an open
+    transaction is then in the aborted state until ROLLBACK). */
+struct pg_result *usage_store_exec (usage_store_t *self, const char *sql, int nparams, const char *const *values);
 
 #endif

@@ -1,9 +1,11 @@
-/*  call_usage.c: token usage of one upstream call. */
+/*  call_usage.c: token usage of one upstream call, and the cost of a dispatch's calls. */
 #include "call_usage.h"
 
 #include <assert.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static uint64_t
 s_count (json_t *obj, const char *key, bool *present)
@@ -46,6 +48,36 @@ call_usage_read (json_t *usage, call_usage_t *out)
 }
 
 void
+call_cost_add (call_cost_t *self, price_table_t *prices, const char *currency, const gw_usage_t *event)
+{
+    self->calls++;
+    uint64_t cost;
+    if (!prices
+        || price_table_cost (prices, event->provider, event->upstream_model, currency, (int64_t) event->started_ms,
+                             event->cache_hit_tokens, event->cache_miss_tokens, event->completion_tokens, &cost)
+        || cost > INT64_MAX || self->cost_pico + cost < self->cost_pico)
+        self->unpriced = true;
+    else
+        self->cost_pico += cost;
+}
+
+/*  Loads a price table from text through a temporary file. */
+static price_table_t *
+s_test_prices (const char *text)
+{
+    char path[] = "/tmp/call_usage_test_XXXXXX";
+    int fd = mkstemp (path);
+    assert (fd >= 0);
+    assert (write (fd, text, strlen (text)) == (ssize_t) strlen (text));
+    close (fd);
+    char err[256] = "";
+    price_table_t *prices = price_table_load (path, err, sizeof err);
+    unlink (path);
+    assert (prices);
+    return prices;
+}
+
+void
 call_usage_test (bool verbose)
 {
     if (verbose)
@@ -67,6 +99,39 @@ call_usage_test (bool verbose)
     j = json_loads ("{\"prompt_tokens\":10}", 0, NULL);
     assert (call_usage_read (j, &u) == -1);
     json_decref (j);
+
+    //  The cost of a dispatch: every call counted, priced ones summed; one
+    //  unpriced call makes the whole unknown.
+    price_table_t *prices = s_test_prices ("provider,model,currency,effective_from,window,"
+                                           "cache_hit_per_m,cache_miss_per_m,output_per_m\n"
+                                           "p,m,CNY,2025-01-01T00:00:00Z,,1,2,3\n");
+    int64_t jan2 = 1735776000000;  //  2025-01-02T00:00:00Z
+    gw_usage_t ev = { .provider = "p", .upstream_model = "m", .started_ms = (uint64_t) jan2,
+                      .cache_hit_tokens = 10, .cache_miss_tokens = 20, .completion_tokens = 30 };
+    call_cost_t cost = { 0 };
+    call_cost_add (&cost, prices, "CNY", &ev);
+    //  1, 2 and 3 per 1M tokens: 1e6, 2e6 and 3e6 pico per token.
+    assert (cost.calls == 1 && !cost.unpriced && cost.cost_pico == 140000000);
+    ev.cache_hit_tokens = ev.cache_miss_tokens = ev.completion_tokens = 0;  //  a failed call
+    call_cost_add (&cost, prices, "CNY", &ev);
+    assert (cost.calls == 2 && !cost.unpriced && cost.cost_pico == 140000000);
+    ev.completion_tokens = 1;
+    call_cost_add (&cost, prices, "USD", &ev);
+    assert (cost.calls == 3 && cost.unpriced && cost.cost_pico == 140000000);
+    cost = (call_cost_t) { 0 };
+    ev.started_ms = (uint64_t) (jan2 - 2 * 86400000);  //  before the first price
+    call_cost_add (&cost, prices, "CNY", &ev);
+    assert (cost.calls == 1 && cost.unpriced && cost.cost_pico == 0);
+    cost = (call_cost_t) { 0 };
+    ev.started_ms = (uint64_t) jan2;
+    ev.completion_tokens = 4000000000000ULL;  //  fits 64 bits unsigned, not a bigint
+    call_cost_add (&cost, prices, "CNY", &ev);
+    assert (cost.calls == 1 && cost.unpriced);
+    cost = (call_cost_t) { 0 };
+    ev.completion_tokens = 1;
+    call_cost_add (&cost, NULL, "CNY", &ev);
+    assert (cost.calls == 1 && cost.unpriced && cost.cost_pico == 0);
+    price_table_destroy (&prices);
     if (verbose)
         printf ("OK\n");
 }

@@ -120,8 +120,15 @@ s_on_job (ingress_link_t *link, gw_msg_t *msg)
     //  ingress must not make two of them collide by truncation.
     if (strlen (msg->job.request_id) > 64) {
         gw_warn ("link", "refusing job with a request id over 64 characters endpoint=%s", link->endpoint);
+        runner_outcome_t none = job_runner_no_outcome (self->runner);
         gw_msg_t end = { .id = GW_MSG_END };
-        end.end = (gw_end_t) { .job_id = job_id, .status = 400, .content_type = "application/json" };
+        end.end = (gw_end_t) { .job_id = job_id,
+                               .status = 400,
+                               .content_type = "application/json",
+                               .attempts = none.attempts,
+                               .cost_known = none.cost_known,
+                               .cost_pico = none.cost_pico,
+                               .currency = (char *) none.currency };
         s_send (link, &end);
         return;
     }
@@ -260,7 +267,8 @@ s_job_chunk (runner_job_t *job, const char *data, size_t size)
 }
 
 static void
-s_job_end (runner_job_t *job, uint32_t status, const char *content_type, const char *body, size_t size)
+s_job_end (runner_job_t *job, uint32_t status, const char *content_type, const char *body, size_t size,
+           const runner_outcome_t *outcome)
 {
     ingress_link_t *link = runner_job_owner (job);
     uint64_t job_id = runner_job_id (job);
@@ -272,7 +280,11 @@ s_job_end (runner_job_t *job, uint32_t status, const char *content_type, const c
         msg.end = (gw_end_t) { .job_id = job_id,
                                .status = status,
                                .content_type = (char *) content_type,
-                               .body = { (uint8_t *) body, size } };
+                               .body = { (uint8_t *) body, size },
+                               .attempts = outcome->attempts,
+                               .cost_known = outcome->cost_known,
+                               .cost_pico = outcome->cost_pico,
+                               .currency = (char *) outcome->currency };
         s_send (link, &msg);
     }
     else if (link->active && !link->parent->paused) {
@@ -394,10 +406,15 @@ ingress_links_destroy (ingress_links_t **self_p)
     if (!self)
         return;
     gw_timer_destroy (self->loop, &self->tick);
+    //  The ENDs of jobs cut at shutdown were sent just before: give them a moment
+    //  to leave (the context's termination waits for at most this long).
+    int linger_ms = 500;
     for (size_t i = 0; i < self->nlinks; i++) {
         zhashx_destroy (&self->links[i].jobs);
-        if (self->links[i].dealer)
+        if (self->links[i].dealer) {
+            zmq_setsockopt (self->links[i].dealer, ZMQ_LINGER, &linger_ms, sizeof linger_ms);
             zmq_close (self->links[i].dealer);
+        }
         free (self->links[i].endpoint);
     }
     gw_strlist_clear (&self->models);

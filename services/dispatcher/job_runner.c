@@ -28,6 +28,7 @@ struct runner_job_t {
     bool stream;
     bool client_usage;
     uint64_t queue_wait_us;
+    uint64_t api_key_id;
     gw_bin_t body;
     json_t *parsed;  //  the body, parsed only if it must be rewritten
     route_step_t steps[MAX_STEPS];
@@ -35,6 +36,9 @@ struct runner_job_t {
     size_t step;
     int step_tries;  //  attempts on the current step
     uint32_t attempt;  //  attempts of this dispatch, all steps
+    //  Usage events emitted and their cost. Not the same as attempt: an attempt
+    //  whose request could not even be prepared emits no event.
+    call_cost_t cost;
     //  The attempt in progress.
     CURL *easy;
     struct curl_slist *headers;
@@ -59,6 +63,7 @@ struct runner_job_t {
 struct job_runner_t {
     gw_loop_t *loop;
     provider_table_t *providers;
+    price_table_t *prices;
     usage_sink_fn *usage;
     void *usage_arg;
     runner_config_t config;
@@ -147,12 +152,19 @@ s_job_destroy (runner_job_t **job_p)
     *job_p = NULL;
 }
 
-/*  Ends the job: the owner hears once, then the job is gone. */
+/*  Ends the job: the owner hears once, with the calls this dispatch made, then
+    the job is gone. */
 static void
 s_finish (runner_job_t *job, uint32_t status, const char *type, const char *body, size_t size)
 {
     job_runner_t *self = job->runner;
-    self->fns.end (job, status, type, body, size);
+    runner_outcome_t outcome = {
+        .attempts = job->cost.calls,
+        .cost_known = !job->cost.unpriced,
+        .cost_pico = job->cost.cost_pico,
+        .currency = self->config.currency,
+    };
+    self->fns.end (job, status, type, body, size, &outcome);
     s_job_destroy (&job);
 }
 
@@ -173,6 +185,8 @@ s_finish_error (runner_job_t *job, uint32_t status, const char *code, const char
 
 /* ---- usage ---- */
 
+/*  One upstream call is over: its event goes out and counts for the job's END.
+    The only place usage events are emitted, so END.attempts cannot miss one. */
 static void
 s_emit_usage (runner_job_t *job, const call_usage_t *usage)
 {
@@ -199,7 +213,9 @@ s_emit_usage (runner_job_t *job, const call_usage_t *usage)
         .ttfb_us = job->first_byte_us ? (uint64_t) (job->first_byte_us - job->attempt_start_us) : 0,
         .total_us = (uint64_t) (now - job->attempt_start_us),
         .started_ms = (uint64_t) job->attempt_wall_ms,
+        .api_key_id = job->api_key_id,
     };
+    call_cost_add (&job->cost, job->runner->prices, job->runner->config.currency, &ev);
     job->runner->usage (job->runner->usage_arg, &ev);
 }
 
@@ -619,6 +635,7 @@ job_runner_start (job_runner_t *self, gw_job_t *msg, void *owner)
     job->stream = msg->stream;
     job->client_usage = msg->client_usage;
     job->queue_wait_us = msg->queue_wait_us;
+    job->api_key_id = msg->api_key_id;
     job->sse.keep_usage_chunk = msg->client_usage;
     job->retry_after_ms = -1;
     job->retry_timer = gw_timer_new (s_on_retry_timer, job);
@@ -656,15 +673,22 @@ job_runner_cancel (job_runner_t *self, runner_job_t *job)
     gw_timer_start (self->loop, job->deadline_timer, self->config.drain_timeout_ms);
 }
 
+runner_outcome_t
+job_runner_no_outcome (job_runner_t *self)
+{
+    return (runner_outcome_t) { .attempts = 0, .cost_known = true, .cost_pico = 0, .currency = self->config.currency };
+}
+
 job_runner_t *
-job_runner_new (gw_loop_t *loop, provider_table_t *providers, usage_sink_fn *usage, void *usage_arg,
-                const runner_config_t *config, const runner_fns_t *fns)
+job_runner_new (gw_loop_t *loop, provider_table_t *providers, price_table_t *prices, usage_sink_fn *usage,
+                void *usage_arg, const runner_config_t *config, const runner_fns_t *fns)
 {
     job_runner_t *self = calloc (1, sizeof *self);
     if (!self)
         return NULL;
     self->loop = loop;
     self->providers = providers;
+    self->prices = prices;
     self->usage = usage;
     self->usage_arg = usage_arg;
     self->config = *config;
@@ -689,7 +713,9 @@ job_runner_destroy (job_runner_t **self_p)
         return;
     //  Jobs still running when the grace period ran out: their calls are cut,
     //  but a call that was made is recorded (with what is known of its usage).
-    //  The ingress re-queues those that sent nothing to their client.
+    //  The ingress re-queues those that sent nothing to their client, as a new
+    //  dispatch whose own END will count its calls; the others end here, so
+    //  that their END still says how many calls this dispatch made.
     while (self->jobs) {
         runner_job_t *job = self->jobs;
         //  Waiting for a retry: that attempt's event is already out.
@@ -698,7 +724,13 @@ job_runner_destroy (job_runner_t **self_p)
             call_usage_t usage = job->stream ? job->sse.usage : (call_usage_t) { 0 };
             s_emit_usage (job, &usage);
         }
-        s_job_destroy (&job);
+        if (job->cancelled)
+            s_finish_error (job, 499, "client_closed", "The client went away.");
+        else if (job->head_sent)
+            s_finish_error (job, 502, "dispatcher_stopped",
+                            "The gateway worker serving this answer stopped; it is incomplete.");
+        else
+            s_job_destroy (&job);
     }
     gw_timer_destroy (self->loop, &self->curl_timer);
     curl_multi_cleanup (self->multi);

@@ -1,13 +1,14 @@
 /*  dispatcher: runs chat jobs from the ingresses against upstream providers.
-    Wires configuration, the provider table, the usage path (spool and sender to
-    accounting, optional JSON log), the job runner (libcurl) and the ingress links
-    (ZeroMQ) onto one loop. */
+    Wires configuration, the provider table, the price table (the cost each END
+    reports), the usage path (spool and sender to accounting, optional JSON log),
+    the job runner (libcurl) and the ingress links (ZeroMQ) onto one loop. */
 #include "gw_env.h"
 #include "gw_id.h"
 #include "gw_log.h"
 #include "gw_loop.h"
 #include "ingress_link.h"
 #include "job_runner.h"
+#include "price_table.h"
 #include "provider_table.h"
 #include "usage_log.h"
 #include "usage_sender.h"
@@ -93,7 +94,16 @@ main (void)
         .retry_cap_ms = (int) gw_env_int ("GW_RETRY_CAP_MS", 8000, 1, 600000),
         .retry_after_max_ms = (int) gw_env_int ("GW_RETRY_AFTER_MAX_MS", 30000, 0, 3600000),
         .max_body_bytes = (size_t) gw_env_int ("GW_UPSTREAM_MAX_BODY_BYTES", 32 << 20, 1024, 60 << 20),
+        .currency = gw_env_str ("GW_CURRENCY", "CNY"),
     };
+    //  The same file and currency as accounting, so the cost an END reports is
+    //  the cost accounting stores. Without it requests still run; their cost is
+    //  reported as unknown.
+    const char *prices_path = gw_env_str ("GW_PRICES", "prices/prices.csv");
+    char err[256] = "";
+    price_table_t *prices = price_table_load (prices_path, err, sizeof err);
+    if (!prices)
+        gw_warn ("main", "no price table, request costs are reported unknown path=%s error=%s", prices_path, err);
     void *zmq_ctx = zmq_ctx_new ();
     gw_loop_t *loop = gw_loop_new ();
     provider_table_t *providers = provider_table_new ();
@@ -123,7 +133,7 @@ main (void)
     else
         gw_warn ("main", "GW_ACCOUNTING_ENDPOINTS unset: usage events are only logged, not stored");
     job_runner_t *runner = providers && usage_ok && loop
-                               ? job_runner_new (loop, providers, s_on_usage, &usage, &runner_config,
+                               ? job_runner_new (loop, providers, prices, s_on_usage, &usage, &runner_config,
                                                  &ingress_link_runner_fns)
                                : NULL;
     ingress_links_t *links = runner ? ingress_links_new (loop, zmq_ctx, &links_config, providers, runner) : NULL;
@@ -145,14 +155,15 @@ main (void)
         gw_loop_run_until (loop, s_drained, runner, grace_ms);
     }
     gw_timer_destroy (loop, &spool_check);
-    ingress_links_destroy (&links);
-    //  The runner records the usage of calls cut at shutdown: the sender and the
-    //  spool go after it.
+    //  The runner records the usage of calls cut at shutdown and ends their jobs
+    //  through the links: the links, the sender and the spool go after it.
     job_runner_destroy (&runner);
+    ingress_links_destroy (&links);
     usage_sender_destroy (&usage.sender);
     usage_spool_destroy (&spool);
     usage_log_destroy (&usage.log);
     provider_table_destroy (&providers);
+    price_table_destroy (&prices);
     gw_loop_destroy (&loop);
     zmq_ctx_term (zmq_ctx);
     curl_global_cleanup ();

@@ -52,6 +52,62 @@ s_check_messages (chat_request_t *req, json_t *messages)
     return 0;
 }
 
+/*  Tenths of a token in text, from DeepSeek's guidance: about 0.3 token per
+    ASCII character and 0.6 per other character (Chinese). */
+static uint64_t
+s_text_tenths (const char *text, size_t len)
+{
+    uint64_t ascii = 0, other = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char) text[i];
+        if (c < 0x80)
+            ascii++;
+        else if ((c & 0xC0) != 0x80)  //  the first byte of a multi-byte character
+            other++;
+    }
+    return ascii * 3 + other * 6;
+}
+
+static uint64_t
+s_json_tenths (json_t *v)
+{
+    if (json_is_string (v))
+        return s_text_tenths (json_string_value (v), json_string_length (v));
+    if (!v || json_is_null (v))
+        return 0;
+    //  Parts, tool calls, tool definitions: their JSON text is what the model reads.
+    char *text = json_dumps (v, JSON_COMPACT);
+    uint64_t t = text ? s_text_tenths (text, strlen (text)) : 0;
+    free (text);
+    return t;
+}
+
+/*  Prompt tokens before the call: every message's text plus 4 per message
+    for the chat template, plus tool definitions; rounded up. */
+static uint64_t
+s_estimate_prompt (json_t *root)
+{
+    uint64_t tenths = 0;
+    size_t i;
+    json_t *m;
+    json_array_foreach (json_object_get (root, "messages"), i, m) {
+        json_t *content = json_object_get (m, "content");
+        if (json_is_array (content)) {
+            size_t k;
+            json_t *part;
+            json_array_foreach (content, k, part) {
+                json_t *text = json_object_get (part, "text");
+                tenths += json_is_string (text) ? s_json_tenths (text) : s_json_tenths (part);
+            }
+        }
+        else
+            tenths += s_json_tenths (content);
+        tenths += s_json_tenths (json_object_get (m, "tool_calls")) + 40;
+    }
+    tenths += s_json_tenths (json_object_get (root, "tools"));
+    return (tenths + 9) / 10;
+}
+
 int
 chat_request_parse (const char *body, size_t size, chat_request_t *req)
 {
@@ -106,11 +162,20 @@ chat_request_parse (const char *body, size_t size, chat_request_t *req)
         s_fail (req, "n", "n must be 1");
         goto done;
     }
-    if ((v = json_object_get (root, "max_tokens")) && !json_is_null (v)
-        && (!json_is_integer (v) || json_integer_value (v) < 1)) {
-        s_fail (req, "max_tokens", "max_tokens must be a positive integer");
-        goto done;
+    const char *caps[] = { "max_tokens", "max_completion_tokens" };
+    for (int i = 0; i < 2; i++) {
+        if (!(v = json_object_get (root, caps[i])) || json_is_null (v))
+            continue;
+        if (!json_is_integer (v) || json_integer_value (v) < 1) {
+            char why[96];
+            snprintf (why, sizeof why, "%s must be a positive integer", caps[i]);
+            s_fail (req, caps[i], why);
+            goto done;
+        }
+        if (!req->max_tokens || (uint64_t) json_integer_value (v) < req->max_tokens)
+            req->max_tokens = (uint64_t) json_integer_value (v);
     }
+    req->prompt_tokens = s_estimate_prompt (root);
     if ((v = json_object_get (root, "temperature")) && !json_is_null (v) && !s_number_in (v, 0, 2)) {
         s_fail (req, "temperature", "temperature must be a number between 0 and 2");
         goto done;
@@ -157,6 +222,14 @@ chat_request_test (bool verbose)
     chat_request_t req;
     assert (chat_request_parse (ok, strlen (ok), &req) == 0);
     assert (strcmp (req.model, "deepseek-chat") == 0 && req.stream && req.client_usage);
+    //  "hi": 2 ASCII characters = 0.6, plus 4 for the message: 5 tokens.
+    assert (req.prompt_tokens == 5 && req.max_tokens == 0);
+    const char *zh = "{\"model\":\"m\",\"max_tokens\":100,\"max_completion_tokens\":50,\"messages\":["
+                     "{\"role\":\"system\",\"content\":\"\u4f60\u597d\u4e16\u754c\"},"
+                     "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"abcdefghij\"}]}]}";
+    assert (chat_request_parse (zh, strlen (zh), &req) == 0);
+    //  4 Chinese characters (2.4) + 10 ASCII (3) + 2 x 4 = 13.4 -> 14; the smaller cap wins.
+    assert (req.prompt_tokens == 14 && req.max_tokens == 50);
     s_expect ("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[]}]}", 0, NULL);
     s_expect ("{\"model\":", -1, "not valid JSON");
     s_expect ("[1]", -1, "JSON object");

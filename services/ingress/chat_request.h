@@ -9,11 +9,14 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct {
     char model[128];
     bool stream;
     bool client_usage;  //  stream_options.include_usage was set by the client
+    uint64_t prompt_tokens;  //  estimated before the call (see chat_request.c)
+    uint64_t max_tokens;  //  max_tokens / max_completion_tokens, 0 when absent
     //  On error: the OpenAI-style error body (caller frees) and its status.
     int status;
     char *error;

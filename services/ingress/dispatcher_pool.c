@@ -21,6 +21,12 @@ typedef struct {
 } dispatcher_t;
 
 struct pool_job_t {
+    dispatcher_pool_t *pool;
+    uint64_t api_key_id;
+    bool admitted;  //  tell the done hook when the job goes
+    bool ever_dispatched;
+    bool attempts_known;  //  the current dispatch's END came back
+    uint32_t attempts;
     uint64_t job_id;  //  id of the current dispatch; 0 while queued
     char *request_id;
     char *model;
@@ -42,6 +48,8 @@ struct dispatcher_pool_t {
     void *router;
     pool_config_t config;
     pool_client_fns_t fns;
+    pool_done_fn *done_fn;
+    void *done_arg;
     zhashx_t *dispatchers;  //  routing id -> dispatcher_t
     zhashx_t *jobs;  //  job id -> running pool_job_t
     zhashx_t *resets;  //  routing id -> time we last told it RESET
@@ -73,6 +81,13 @@ s_job_destroy (pool_job_t **job_p)
     pool_job_t *job = *job_p;
     if (!job)
         return;
+    if (job->admitted && job->pool->done_fn) {
+        uint32_t attempts = job->attempts_known ? job->attempts
+                            : job->ever_dispatched ? POOL_ATTEMPTS_UNKNOWN
+                                                   : 0;
+        job->pool->done_fn (job->pool->done_arg, job->request_id, job->ever_dispatched, job->dispatch,
+                            attempts);
+    }
     free (job->request_id);
     free (job->model);
     free (job->body);
@@ -110,7 +125,7 @@ s_end_job (dispatcher_pool_t *self, pool_job_t *job, uint32_t status, const char
            const char *body)
 {
     if (job->client)
-        self->fns.end (job->client, status, type, (const uint8_t *) body, body ? strlen (body) : 0);
+        self->fns.end (job->client, status, type, (const uint8_t *) body, body ? strlen (body) : 0, NULL);
     job->client = NULL;
 }
 
@@ -255,9 +270,11 @@ s_on_message (dispatcher_pool_t *self, const char *rid, size_t rid_size, gw_msg_
             zhashx_delete (self->jobs, (void *) (uintptr_t) job->job_id);
             if (!d->leaving)
                 d->credits++;
+            job->attempts_known = true;
+            job->attempts = msg->end.attempts;
             if (job->client)
                 self->fns.end (job->client, msg->end.status, msg->end.content_type,
-                               msg->end.body.data, msg->end.body.size);
+                               msg->end.body.data, msg->end.body.size, &msg->end);
             s_job_destroy (&job);
             s_drain_queue (self);
         }
@@ -311,12 +328,14 @@ s_dispatch (dispatcher_pool_t *self, pool_job_t *job, dispatcher_t *d)
         .client_usage = job->client_usage,
         .queue_wait_us = (uint64_t) (gw_now_us () - job->queued_us),
         .body = { job->body, job->body_size },
+        .api_key_id = job->api_key_id,
     };
     if (gw_msg_send (self->router, d->id, strlen (d->id), &msg)) {
         job->job_id = 0;
         return -1;
     }
     d->credits--;
+    job->ever_dispatched = true;
     job->dispatcher = d;
     job->handle = zlistx_add_end (d->jobs, job);
     zhashx_insert (self->jobs, (void *) (uintptr_t) job->job_id, job);
@@ -488,11 +507,13 @@ dispatcher_pool_destroy (dispatcher_pool_t **self_p)
 pool_job_t *
 dispatcher_pool_submit (dispatcher_pool_t *self, void *client, const char *request_id,
                         const char *model, bool stream, bool client_usage, const char *body,
-                        size_t body_size)
+                        size_t body_size, uint64_t api_key_id, bool admitted)
 {
     pool_job_t *job = calloc (1, sizeof *job);
     if (!job)
         return NULL;
+    job->pool = self;
+    job->api_key_id = api_key_id;
     job->request_id = strdup (request_id);
     job->model = strdup (model);
     job->body = malloc (body_size + 1);
@@ -506,11 +527,19 @@ dispatcher_pool_submit (dispatcher_pool_t *self, void *client, const char *reque
     job->stream = stream;
     job->client_usage = client_usage;
     job->client = client;
+    job->admitted = admitted;
     job->queued_us = gw_now_us ();
     job->deadline_ms = gw_now_ms () + self->config.queue_timeout_ms;
     job->handle = zlistx_add_end (self->queue, job);
     s_drain_queue (self);
     return job;
+}
+
+void
+dispatcher_pool_on_done (dispatcher_pool_t *self, pool_done_fn *fn, void *arg)
+{
+    self->done_fn = fn;
+    self->done_arg = arg;
 }
 
 void
@@ -592,12 +621,25 @@ s_test_chunk (void *client, const uint8_t *data, size_t size)
 }
 
 static void
-s_test_end (void *client, uint32_t status, const char *type, const uint8_t *body, size_t size)
+s_test_end (void *client, uint32_t status, const char *type, const uint8_t *body, size_t size,
+            const gw_end_t *info)
 {
     s_test_client_t *c = client;
-    (void) type, (void) body, (void) size;
+    (void) type, (void) body, (void) size, (void) info;
     c->ends++;
     c->last_status = status;
+}
+
+//  What the done hook heard, one line per job: "request dispatched dispatch attempts".
+static char s_test_done[512];
+
+static void
+s_test_on_done (void *arg, const char *request_id, bool dispatched, uint32_t dispatch, uint32_t attempts)
+{
+    (void) arg;
+    char line[96];
+    snprintf (line, sizeof line, "%s %d %u %u;", request_id, dispatched, dispatch, attempts);
+    strcat (s_test_done, line);
 }
 
 static void
@@ -635,14 +677,19 @@ dispatcher_pool_test (bool verbose)
     pool_client_fns_t fns = { s_test_head, s_test_chunk, s_test_end };
     dispatcher_pool_t *pool = dispatcher_pool_new (loop, ctx, &config, &fns);
     assert (pool);
+    dispatcher_pool_on_done (pool, s_test_on_done, NULL);
+    s_test_done[0] = 0;
     assert (!dispatcher_pool_ready (pool));
     assert (dispatcher_pool_knows_model (pool, "m") == -1);
 
     //  No dispatcher: the job waits, then gets 503.
     s_test_client_t a = { 0 };
-    dispatcher_pool_submit (pool, &a, "req-a", "m", false, false, "{}", 2);
+    dispatcher_pool_submit (pool, &a, "req-a", "m", false, false, "{}", 2, 7, true);
     s_test_spin (loop, 250);
     assert (a.ends == 1 && a.last_status == 503);
+    //  Never dispatched: its release says no usage will come.
+    assert (strcmp (s_test_done, "req-a 0 0 0;") == 0);
+    s_test_done[0] = 0;
 
     //  A dispatcher with one credit: one job goes, the next waits for the credit.
     void *dealer = zmq_socket (ctx, ZMQ_DEALER);
@@ -658,15 +705,15 @@ dispatcher_pool_test (bool verbose)
     assert (dispatcher_pool_ready (pool));
     assert (dispatcher_pool_knows_model (pool, "m") == 1 && dispatcher_pool_knows_model (pool, "x") == 0);
     s_test_client_t b = { 0 }, c = { 0 };
-    dispatcher_pool_submit (pool, &b, "req-b", "m", true, false, "{\"b\":1}", 7);
-    dispatcher_pool_submit (pool, &c, "req-c", "m", true, false, "{\"c\":1}", 7);
+    dispatcher_pool_submit (pool, &b, "req-b", "m", true, false, "{\"b\":1}", 7, 42, true);
+    dispatcher_pool_submit (pool, &c, "req-c", "m", true, false, "{\"c\":1}", 7, 42, true);
     s_test_spin (loop, 20);
     gw_msg_t in;
     uint64_t job_b = 0;
     while (s_test_recv (dealer, &in)) {
         if (in.id == GW_MSG_JOB) {
             assert (job_b == 0 && strcmp (in.job.request_id, "req-b") == 0);
-            assert (in.job.body.size == 7 && in.job.stream);
+            assert (in.job.body.size == 7 && in.job.stream && in.job.api_key_id == 42);
             job_b = in.job.job_id;
         }
         gw_msg_clear (&in);
@@ -677,10 +724,12 @@ dispatcher_pool_test (bool verbose)
     gw_msg_send (dealer, NULL, 0, &msg);
     msg = (gw_msg_t) { .id = GW_MSG_CHUNK, .chunk = { job_b, { (uint8_t *) "data: x\n\n", 9 } } };
     gw_msg_send (dealer, NULL, 0, &msg);
-    msg = (gw_msg_t) { .id = GW_MSG_END, .end = { .job_id = job_b, .status = 200 } };
+    msg = (gw_msg_t) { .id = GW_MSG_END, .end = { .job_id = job_b, .status = 200, .attempts = 2 } };
     gw_msg_send (dealer, NULL, 0, &msg);
     s_test_spin (loop, 20);
     assert (b.heads == 1 && b.chunks == 1 && b.ends == 1 && strcmp (b.data, "data: x\n\n") == 0);
+    assert (strcmp (s_test_done, "req-b 1 0 2;") == 0);
+    s_test_done[0] = 0;
     uint64_t job_c = 0;
     while (s_test_recv (dealer, &in)) {
         if (in.id == GW_MSG_JOB)
@@ -694,6 +743,8 @@ dispatcher_pool_test (bool verbose)
     s_test_spin (loop, 400);
     assert (!dispatcher_pool_ready (pool));
     assert (c.ends == 1 && c.last_status == 503);
+    //  Its first dispatch was lost: how many calls it made is unknown.
+    assert (strcmp (s_test_done, "req-c 1 1 2147483647;") == 0);
     //  A message from the forgotten dispatcher is answered with RESET.
     msg = (gw_msg_t) { .id = GW_MSG_HEARTBEAT };
     gw_msg_send (dealer, NULL, 0, &msg);

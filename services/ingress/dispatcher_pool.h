@@ -11,6 +11,7 @@
 #define DISPATCHER_POOL_H_INCLUDED
 
 #include "gw_loop.h"
+#include "gw_proto.h"
 #include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -24,9 +25,18 @@ typedef struct pool_job_t pool_job_t;
 typedef struct {
     void (*head) (void *client, uint32_t status, const char *content_type);
     void (*chunk) (void *client, const uint8_t *data, size_t size);
+    //  info is the dispatcher's END (cost, attempts), NULL when the pool itself
+    //  ends the job (queue timeout, lost dispatcher).
     void (*end) (void *client, uint32_t status, const char *content_type, const uint8_t *body,
-                 size_t size);
+                 size_t size, const gw_end_t *info);
 } pool_client_fns_t;
+
+/*  How an admitted request's job ended, for its release at accounting: which
+    dispatch was last and how many usage events it wrote (POOL_ATTEMPTS_UNKNOWN
+    when a dispatcher was lost with it: its reservation then lapses instead). */
+#define POOL_ATTEMPTS_UNKNOWN 2147483647u
+typedef void (pool_done_fn) (void *arg, const char *request_id, bool dispatched, uint32_t dispatch,
+                             uint32_t attempts);
 
 typedef struct {
     const char *endpoint;       //  ROUTER bind endpoint, e.g. tcp://127.0.0.1:5555
@@ -39,10 +49,16 @@ dispatcher_pool_t *dispatcher_pool_new (gw_loop_t *loop, void *zmq_ctx, const po
                                         const pool_client_fns_t *fns);
 void dispatcher_pool_destroy (dispatcher_pool_t **self_p);
 
-/*  Queues a chat job. body is copied. Returns the job handle, or NULL when out of memory. */
+/*  Queues a chat job. body is copied. api_key_id goes with the job into its
+    usage events. admitted: call the done hook when the job is gone, whatever
+    happened to the client. Returns the job handle, or NULL when out of memory. */
 pool_job_t *dispatcher_pool_submit (dispatcher_pool_t *self, void *client, const char *request_id,
                                     const char *model, bool stream, bool client_usage,
-                                    const char *body, size_t body_size);
+                                    const char *body, size_t body_size, uint64_t api_key_id,
+                                    bool admitted);
+
+/*  Called once for every admitted job when the pool forgets it. */
+void dispatcher_pool_on_done (dispatcher_pool_t *self, pool_done_fn *fn, void *arg);
 
 /*  The client went away: the pool stops calling it. A queued job is dropped; a
     running job is cancelled at its dispatcher (which drains it for usage). */

@@ -11,7 +11,8 @@
 
 #include "dispatcher_pool.h"
 #include "gw_loop.h"
-#include "report_client.h"
+#include "control_client.h"
+#include "key_cache.h"
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -22,14 +23,17 @@ typedef struct {
     int port;               //  0 picks a free port
     size_t max_body_bytes;  //  larger bodies get 413
     int idle_timeout_s;     //  idle keep-alive connections are closed after this
+    bool auth;              //  require gateway keys (GW_AUTH=keys)
+    const char *admin_key;  //  GW_ADMIN_KEY; NULL: the admin API is disabled
 } http_config_t;
 
 /*  The callbacks the dispatcher pool calls for a job's client. */
 extern const pool_client_fns_t http_front_pool_fns;
 
-/*  reports may be NULL (no accounting configured: /v1/usage answers 503). */
-http_front_t *http_front_new (gw_loop_t *loop, dispatcher_pool_t *pool, report_client_t *reports,
-                              const http_config_t *config);
+/*  control and keys may be NULL only when config->auth is off and no
+    accounting is configured (/v1/usage and /admin then answer 503). */
+http_front_t *http_front_new (gw_loop_t *loop, dispatcher_pool_t *pool, control_client_t *control,
+                              key_cache_t *keys, const http_config_t *config);
 /*  Ends what is still in progress (503, or an SSE error event), then stops. */
 void http_front_destroy (http_front_t **self_p);
 

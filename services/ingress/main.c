@@ -5,10 +5,12 @@
 #include "gw_log.h"
 #include "gw_loop.h"
 #include "http_front.h"
-#include "report_client.h"
+#include "control_client.h"
+#include "key_cache.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <zmq.h>
 
 /*  During the shutdown grace period: nothing left in progress? */
@@ -16,6 +18,13 @@ static bool
 s_drained (void *arg)
 {
     return http_front_active (arg) == 0;
+}
+
+/*  After it: every release acknowledged (concurrency slots given back)? */
+static bool
+s_released (void *arg)
+{
+    return control_client_unacked (arg) == 0;
 }
 
 int
@@ -35,18 +44,37 @@ main (void)
         .port = (int) gw_env_int ("GW_HTTP_PORT", 8080, 0, 65535),
         .max_body_bytes = (size_t) gw_env_int ("GW_MAX_BODY_BYTES", 4 * 1024 * 1024, 1024, 60 << 20),
         .idle_timeout_s = (int) gw_env_int ("GW_HTTP_IDLE_TIMEOUT_S", 300, 1, 86400),
+        .admin_key = gw_env_str ("GW_ADMIN_KEY", NULL),
     };
+    const char *auth = gw_env_str ("GW_AUTH", "keys");
+    if (strcmp (auth, "keys") && strcmp (auth, "none")) {
+        gw_error ("main", "GW_AUTH must be keys or none, not %s", auth);
+        return 1;
+    }
+    http_config.auth = strcmp (auth, "keys") == 0;
+    if (http_config.admin_key && strlen (http_config.admin_key) < 16) {
+        gw_error ("main", "GW_ADMIN_KEY is too short: use at least 16 random characters");
+        return 1;
+    }
+    if (!http_config.auth)
+        gw_warn ("main", "GW_AUTH=none: requests are not authenticated, limited or attributed to keys");
     void *zmq_ctx = zmq_ctx_new ();
     gw_loop_t *loop = gw_loop_new ();
     dispatcher_pool_t *pool = loop ? dispatcher_pool_new (loop, zmq_ctx, &pool_config, &http_front_pool_fns) : NULL;
-    //  Usage reports come from accounting when one is configured.
-    const char *accounting = gw_env_str ("GW_ACCOUNTING_ENDPOINTS", NULL);
-    report_client_t *reports = pool && accounting
-                                   ? report_client_new (loop, zmq_ctx, accounting,
-                                                        (int) gw_env_int ("GW_REPORT_TIMEOUT_MS", 5000, 10, 600000),
-                                                        &http_front_pool_fns)
-                                   : NULL;
-    http_front_t *front = pool ? http_front_new (loop, pool, reports, &http_config) : NULL;
+    //  Keys, admissions, reports and the admin API are accounting's. Without
+    //  keys, accounting is optional (reports and the admin API then answer 503).
+    const char *control_endpoints = gw_env_str ("GW_CONTROL_ENDPOINTS", http_config.auth ? "tcp://127.0.0.1:5557" : NULL);
+    int control_timeout = (int) gw_env_int ("GW_CONTROL_TIMEOUT_MS", gw_env_int ("GW_REPORT_TIMEOUT_MS", 5000, 10, 600000),
+                                            10, 600000);
+    control_client_t *control = pool && control_endpoints
+                                    ? control_client_new (loop, zmq_ctx, control_endpoints, control_timeout)
+                                    : NULL;
+    key_cache_t *keys = control ? key_cache_new (control, (int) gw_env_int ("GW_KEY_CACHE_MS", 5000, 0, 3600000),
+                                                 (size_t) gw_env_int ("GW_KEY_CACHE_MAX", 100000, 1, 100000000))
+                                : NULL;
+    http_front_t *front = pool && (control || !control_endpoints)
+                              ? http_front_new (loop, pool, control, keys, &http_config)
+                              : NULL;
     int rc = 1;
     if (front) {
         gw_info ("main", "listening url=http://%s:%d jobs=%s", http_config.host, http_front_port (front),
@@ -58,9 +86,14 @@ main (void)
         int64_t grace_ms = gw_env_int ("GW_SHUTDOWN_GRACE_MS", 10000, 0, 3600000);
         gw_loop_run_until (loop, s_drained, front, grace_ms);
     }
+    //  Releases still unacknowledged get a moment to land; what does not lapses
+    //  at accounting (the concurrency slot when this ingress stops saying it is alive).
+    if (control && control_client_unacked (control))
+        gw_loop_run_until (loop, s_released, control, 1000);
     //  The front goes first: closing its connections cancels their jobs in the pool.
     http_front_destroy (&front);
-    report_client_destroy (&reports);
+    key_cache_destroy (&keys);
+    control_client_destroy (&control);
     dispatcher_pool_destroy (&pool);
     gw_loop_destroy (&loop);
     zmq_ctx_term (zmq_ctx);

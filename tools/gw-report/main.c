@@ -1,4 +1,6 @@
-/*  gw-report: usage reports for operators, asked of an accounting instance.
+/*  gw-report: usage reports for operators, asked of an accounting instance's
+    control socket (GW_CONTROL_ENDPOINTS, the first endpoint; default
+    tcp://127.0.0.1:5557; --accounting overrides it).
 
     gw-report [--period today|yesterday|week|month|all] [--from DATE --to DATE]
               [--by none|model|day|key|provider] [--key ID] [--json]
@@ -56,9 +58,9 @@ int
 main (int argc, char **argv)
 {
     gw_report_request_t req = { .correlation = 1, .period = "today", .group_by = "none", .api_key_id = "" };
-    //  The same variable the services read; its first endpoint is asked.
+    //  The same variable the ingresses read; its first endpoint is asked.
     char endpoint_buf[256];
-    snprintf (endpoint_buf, sizeof endpoint_buf, "%s", gw_env_str ("GW_ACCOUNTING_ENDPOINTS", "tcp://127.0.0.1:5556"));
+    snprintf (endpoint_buf, sizeof endpoint_buf, "%s", gw_env_str ("GW_CONTROL_ENDPOINTS", "tcp://127.0.0.1:5557"));
     endpoint_buf[strcspn (endpoint_buf, ", ")] = 0;
     const char *endpoint = endpoint_buf;
     bool as_json = false;
