@@ -30,7 +30,7 @@ from decimal import Decimal
 
 import harness
 from pg import Postgres
-from test_gateway import BIN, Stack, chat, wait_for
+from test_gateway import BIN, Stack, chat, kill9, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRICES = os.path.join(ROOT, "prices", "prices.csv")
@@ -264,7 +264,9 @@ def test_admin_api_create_get_patch_revoke():
                             ({"name": "x", "budget_day": "abc"}, "budget_day"),
                             ({"name": "x", "budget_week": "0.1234567"}, "budget_week"),
                             ({"name": "x", "tpm": "lots"}, "tpm"),
-                            ({"name": "x", "expires_at": "tomorrow"}, "expires_at")):
+                            ({"name": "x", "expires_at": "tomorrow"}, "expires_at"),
+                            ({"name": "x", "expires_at": "2001-01-01"}, "expires_at"),
+                            ({"rpm": 5}, "name"), ({"name": ""}, "name")):
             st, _, raw, obj = ks.admin("POST", "/admin/keys", body)
             assert st == 400 and error_of(raw)["param"] == param, (body, st, raw)
         st, _, raw, obj = ks.admin("PATCH", f"/admin/keys/{kid}", {"concurrency": -5})
@@ -276,12 +278,23 @@ def test_admin_api_create_get_patch_revoke():
                 st, _, raw, obj = ks.admin("GET", "/admin/keys", key=wrong, url=url)
                 assert st == 401 and obj == INVALID_KEY, (wrong, st, raw)
         st, _, raw = harness.http("GET", ks.url + "/admin/keys")
-        assert st == 401, raw
-        # revoke: twice is fine, the key is refused afterwards
+        assert st == 401 and error_of(raw)["code"] == "missing_api_key", raw
+        # the admin key is not a chat key: chat traffic is always counted on a key
+        st, _, raw = ks.chat(ks.admin_key)
+        assert st == 403 and error_of(raw)["code"] == "admin_key_not_for_chat", raw
+        # expiry as a date
+        st, _, raw, dated = ks.admin("POST", "/admin/keys", {"name": "dated", "expires_at": "2099-01-01"})
+        assert st == 201 and dated["expires_at"].startswith("2099-01-01"), raw
+        # revoke: twice is fine, the key is refused afterwards and cannot come back
         revoked = ks.revoke(kid)
         again = ks.revoke(kid)
         assert again["revoked_at"] == revoked["revoked_at"], (revoked, again)
         st, _, raw = ks.chat(key)
+        assert st == 401 and json.loads(raw) == INVALID_KEY, raw
+        st, _, raw, obj = ks.admin("PATCH", f"/admin/keys/{kid}", {"revoked_at": None})
+        assert st in (200, 400), (st, raw)
+        assert ks.admin("GET", f"/admin/keys/{kid}")[3]["revoked_at"] == revoked["revoked_at"]
+        st, _, raw = ks.chat(key, url=ks.urls[1])
         assert st == 401 and json.loads(raw) == INVALID_KEY, raw
         # PostgreSQL holds its hash and prefix, never the key
         text = ks.all_table_text()
@@ -652,6 +665,40 @@ def test_defaults_zero_lifetime_budget_and_output_cap():
         assert st == 200, (st, raw)
 
 
+def test_dead_ingress_frees_its_concurrency_slots():
+    with KeyStack(accountings=1, acc_env={"GW_INGRESS_ALIVE_TTL_S": "2"}) as ks:
+        k = ks.create_key("conc-1", concurrency=1)
+        outcome = {}
+
+        def held():
+            try:
+                outcome["r"] = ks.chat(k["key"], "[[mock hold_ms=5000]]", url=ks.urls[1])
+            except (OSError, httpclient.HTTPException) as e:
+                outcome["r"] = e
+
+        t = threading.Thread(target=held)
+        t.start()
+        wait_for(lambda: json.loads(harness.http("GET", ks.mock_url + "/mock/stats")[2])["active"] == 1, 10,
+                 "the held request at the mock")
+        st, _, raw = ks.chat(k["key"])
+        assert st == 429 and error_of(raw)["code"] == "concurrency", (st, raw)
+        kill9(ks.stack.ingresses[1])  # its RELEASE will never come
+        killed = time.monotonic()
+        for _ in range(100):
+            st, _, raw = ks.chat(k["key"])
+            if st == 200 or time.monotonic() - killed > 8:
+                break
+            assert st == 429 and error_of(raw)["code"] == "concurrency", (st, raw)
+            time.sleep(0.2)
+        freed = time.monotonic() - killed
+        note(f"slot of the dead ingress freed after {freed:.1f} s (GW_INGRESS_ALIVE_TTL_S=2)")
+        assert st == 200, f"slot still taken {freed:.1f} s after its ingress died"
+        t.join(15)
+        assert isinstance(outcome.get("r"), Exception), outcome  # its client lost the connection
+        wait_for(lambda: json.loads(harness.http("GET", ks.mock_url + "/mock/stats")[2])["active"] == 0, 15,
+                 "the held call to end")
+
+
 # ---------------------------------------------------------------- usage, headers, secrets
 
 
@@ -747,6 +794,8 @@ def test_cost_and_request_id_headers():
             assert st == 200, raw
             assert re.fullmatch(r"[0-9a-f-]{36}", hd.get("x-request-id", "")), hd
             assert hd.get("x-gateway-currency") == "CNY", hd
+            assert hd.get("x-ratelimit-limit-requests") == "1000", hd  # the key's rpm
+            assert "x-ratelimit-limit-tokens" not in hd, hd
             u = json.loads(raw)["usage"]
             expected = (u["prompt_cache_hit_tokens"] * HIT_PICO + u["prompt_cache_miss_tokens"] * MISS_PICO
                         + u["completion_tokens"] * OUT_PICO)
@@ -755,6 +804,7 @@ def test_cost_and_request_id_headers():
         st, hd, body, trailers = raw_post(ks.urls[1], "/v1/chat/completions",
                                           chat("stream cost [[mock tokens=6]]", stream=True), bearer(k["key"]))
         assert st == 200 and re.fullmatch(r"[0-9a-f-]{36}", hd.get("x-request-id", "")), (st, hd)
+        assert hd.get("x-ratelimit-limit-requests") == "1000", hd
         text = body.decode()
         events = harness.sse_events(body)
         assert events[-1] == "[DONE]", text[-300:]

@@ -3,6 +3,7 @@
 #include "gw_apikey.h"
 #include "gw_error.h"
 #include "gw_log.h"
+#include "gw_loop.h"
 #include "gw_time.h"
 
 #include <assert.h>
@@ -81,8 +82,9 @@ s_parse_fields (json_t *root, key_fields_t *f, char **models_json, const char **
     json_object_foreach (root, field, value) {
         *param = field;
         if (strcmp (field, "name") == 0) {
-            if (!json_is_string (value) || strlen (json_string_value (value)) > NAME_MAX_LEN) {
-                snprintf (message, size, "name must be a string of at most %d bytes", NAME_MAX_LEN);
+            if (!json_is_string (value) || json_string_length (value) == 0
+                || strlen (json_string_value (value)) > NAME_MAX_LEN) {
+                snprintf (message, size, "name must be a non-empty string of at most %d bytes", NAME_MAX_LEN);
                 return -1;
             }
             f->has_name = true;
@@ -95,6 +97,11 @@ s_parse_fields (json_t *root, key_fields_t *f, char **models_json, const char **
                 && (!json_is_string (value) || gw_time_parse_ms (json_string_value (value), &ms) || ms <= 0)) {
                 snprintf (message, size,
                           "expires_at must be a UTC date (YYYY-MM-DD), an RFC 3339 time (YYYY-MM-DDTHH:MM:SSZ) or null");
+                return -1;
+            }
+            //  A key born expired is a mistake (revoke a key to end it now).
+            if (ms && ms <= gw_wall_ms ()) {
+                snprintf (message, size, "expires_at is in the past; to end a key now, revoke it");
                 return -1;
             }
             f->has_expires = true;
@@ -265,6 +272,8 @@ s_write (usage_store_t *db, const key_policy_t *policy, const char *currency, ui
     if (s_parse_fields (root, &fields, &models_json, &param, message, sizeof message))
         answer = s_error (status, 400, strncmp (message, "Unknown", 7) ? "invalid_value" : "unknown_parameter",
                           param, message);
+    else if (id == 0 && !fields.has_name)
+        answer = s_error (status, 400, "invalid_value", "name", "name is required: say who the key is for");
     else if (id == 0) {
         char key[GW_APIKEY_LEN + 1], hash[65], prefix[GW_APIKEY_SHOWN + 1];
         uint64_t new_id = 0;

@@ -276,7 +276,7 @@ static void
 s_release_all (control_service_t *self, size_t *order, size_t n)
 {
     qsort_r (order, n, sizeof *order, s_by_request, self->items);
-    bool ok = key_store_begin (self->db) == 0;
+    bool ok = key_store_begin_lazy (self->db) == 0;
     for (size_t i = 0; ok && i < n; i++) {
         const gw_release_t *r = &self->items[order[i]].msg.release;
         ok = key_store_release (self->db, r->request_id, r->dispatched, r->dispatch, r->attempts) == 0;
@@ -336,6 +336,8 @@ static void
 s_alive_all (control_service_t *self, size_t *order, size_t n)
 {
     //  Each ingress once per turn, however often it said so.
+    if (key_store_begin_lazy (self->db))
+        return;
     for (size_t i = 0; i < n; i++) {
         const char *id = self->items[order[i]].msg.ingress_alive.ingress_id;
         bool seen = false;
@@ -344,6 +346,8 @@ s_alive_all (control_service_t *self, size_t *order, size_t n)
         if (!seen && *id)
             key_store_alive (self->db, id);
     }
+    if (key_store_commit (self->db))
+        key_store_rollback (self->db);
 }
 
 //  -------------------------------------------------------------------------

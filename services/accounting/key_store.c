@@ -116,6 +116,12 @@ key_store_begin (usage_store_t *db)
 }
 
 int
+key_store_begin_lazy (usage_store_t *db)
+{
+    return s_command (db, "BEGIN") || s_command (db, "SET LOCAL synchronous_commit = off") ? -1 : 0;
+}
+
+int
 key_store_commit (usage_store_t *db)
 {
     return s_command (db, "COMMIT");
@@ -152,10 +158,10 @@ key_store_admit (usage_store_t *db, const key_policy_t *policy, const key_admiss
         values[5 + i] = s_param (defaults[i], sizeof defaults[i], policy->defaults[i]);
     values[12] = ttl;
     values[13] = alive;
-    PGresult *res = usage_store_exec (db,
-                                      "SELECT * FROM gw_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,"
-                                      " $13, $14)",
-                                      14, values);
+    PGresult *res = usage_store_exec_prepared (db, "gw_admit",
+                                               "SELECT * FROM gw_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
+                                               " $11, $12, $13, $14)",
+                                               14, values);
     if (!res)
         return -1;
     if (PQntuples (res) != 1 || PQnfields (res) != 15) {
@@ -190,7 +196,7 @@ key_store_release (usage_store_t *db, const char *request_id, bool dispatched, u
     snprintf (d, sizeof d, "%u", dispatch);
     snprintf (n, sizeof n, "%u", attempts);
     const char *values[4] = { request_id, dispatched ? "t" : "f", d, n };
-    PGresult *res = usage_store_exec (db, "SELECT gw_release($1, $2, $3, $4)", 4, values);
+    PGresult *res = usage_store_exec_prepared (db, "gw_release", "SELECT gw_release($1, $2, $3, $4)", 4, values);
     PQclear (res);
     return res ? 0 : -1;
 }

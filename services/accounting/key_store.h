@@ -77,6 +77,12 @@ int key_store_lookup (usage_store_t *db, const char *key_hash, key_record_t *rec
 
 /*  Transactions around several calls below. Return 0 or -1. */
 int key_store_begin (usage_store_t *db);
+/*  A transaction whose commit does not wait for the WAL flush. For releases and
+    liveness only: a crash of PostgreSQL may forget the last fraction of a second
+    of them, which errs on the safe side (a slot or reservation held until it
+    lapses), and their row locks are not held through an fsync that the next
+    admission and usage batch would wait for. Never for admissions. */
+int key_store_begin_lazy (usage_store_t *db);
 int key_store_commit (usage_store_t *db);
 void key_store_rollback (usage_store_t *db);
 

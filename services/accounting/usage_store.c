@@ -14,6 +14,9 @@ struct usage_store_t {
     char *currency;
     PGconn *conn;
     bool ready;
+    //  Statements prepared on the current connection (by name), see usage_store_exec_prepared.
+    char prepared[8][32];
+    int nprepared;
 };
 
 /*  Schema versions, applied in order and recorded in schema_migrations. Never
@@ -353,6 +356,7 @@ usage_store_connect (usage_store_t *self)
     s_exec (self, "SET TIME ZONE 'UTC'", PGRES_COMMAND_OK);
     s_exec (self, "SET statement_timeout = '30s'", PGRES_COMMAND_OK);
     self->ready = true;
+    self->nprepared = 0;  //  a new session knows none
     gw_info ("store", "connected to PostgreSQL");
     return 0;
 }
@@ -531,6 +535,39 @@ usage_store_exec (usage_store_t *self, const char *sql, int nparams, const char 
     if (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK)
         return res;
     gw_error ("store", "statement failed error=%s sql=%.60s", PQerrorMessage (self->conn), sql);
+    PQclear (res);
+    if (PQstatus (self->conn) != CONNECTION_OK)
+        self->ready = false;
+    return NULL;
+}
+
+PGresult *
+usage_store_exec_prepared (usage_store_t *self, const char *name, const char *sql, int nparams,
+                           const char *const *values)
+{
+    if (!self->ready)
+        return NULL;
+    bool known = false;
+    for (int i = 0; i < self->nprepared && !known; i++)
+        known = strcmp (self->prepared[i], name) == 0;
+    if (!known) {
+        PGresult *res = PQprepare (self->conn, name, sql, nparams, NULL);
+        bool ok = PQresultStatus (res) == PGRES_COMMAND_OK;
+        PQclear (res);
+        if (!ok) {
+            gw_error ("store", "prepare failed error=%s name=%s", PQerrorMessage (self->conn), name);
+            if (PQstatus (self->conn) != CONNECTION_OK)
+                self->ready = false;
+            return NULL;
+        }
+        if (self->nprepared < (int) (sizeof self->prepared / sizeof self->prepared[0]))
+            snprintf (self->prepared[self->nprepared++], sizeof self->prepared[0], "%s", name);
+    }
+    PGresult *res = PQexecPrepared (self->conn, name, nparams, values, NULL, NULL, 0);
+    ExecStatusType status = PQresultStatus (res);
+    if (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK)
+        return res;
+    gw_error ("store", "statement failed error=%s name=%s", PQerrorMessage (self->conn), name);
     PQclear (res);
     if (PQstatus (self->conn) != CONNECTION_OK)
         self->ready = false;

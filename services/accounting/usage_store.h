@@ -55,4 +55,10 @@ struct pg_result *usage_store_query (usage_store_t *self, const char *sql, int n
     transaction is then in the aborted state until ROLLBACK). */
 struct pg_result *usage_store_exec (usage_store_t *self, const char *sql, int nparams, const char *const *values);
 
+/*  The same for a statement run often (admissions, releases): parsed and
+    planned once per connection under name (at most 8 names), then executed
+    with PQexecPrepared, which saves the parse on every call. */
+struct pg_result *usage_store_exec_prepared (usage_store_t *self, const char *name, const char *sql, int nparams,
+                                             const char *const *values);
+
 #endif

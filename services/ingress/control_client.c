@@ -8,6 +8,7 @@
 #include <string.h>
 
 #define RESEND_MS 1000  //  an unacknowledged RELEASE goes again after this
+#define TICK_MS 20  //  new releases go out together on this tick
 #define ALIVE_MS 2000  //  INGRESS_ALIVE interval (accounting's TTL is longer)
 #define RELEASES_MAX 1000000  //  beyond this, reservations are left to lapse
 
@@ -24,7 +25,7 @@ typedef struct {
     char *request_id;
     bool dispatched;
     uint32_t dispatch, attempts;
-    int64_t sent_ms;
+    int64_t sent_ms;  //  0: not sent yet (waits in fresh)
 } s_release_t;
 
 struct control_client_t {
@@ -36,6 +37,11 @@ struct control_client_t {
     zhashx_t *by_correlation;  //  correlation -> s_pending_t
     s_pending_t *first, *last;
     zhashx_t *releases;  //  request id -> s_release_t, until acknowledged
+    //  Releases not sent yet. They go out on the next tick, many at once: sent
+    //  one by one, each would take accounting a transaction of its own, and an
+    //  admission arriving meanwhile would wait behind it.
+    s_release_t **fresh;
+    size_t nfresh, fresh_max;
     gw_timer_t *timer;
     int64_t next_alive_ms, next_resend_ms;
 };
@@ -88,9 +94,26 @@ control_client_release (control_client_t *self, const char *request_id, bool dis
     r->dispatched = dispatched;
     r->dispatch = dispatch;
     r->attempts = attempts;
+    if (self->nfresh == self->fresh_max) {
+        size_t max = self->fresh_max ? self->fresh_max * 2 : 256;
+        s_release_t **fresh = realloc (self->fresh, max * sizeof *fresh);
+        if (!fresh) {
+            s_release_destroy ((void **) &r);
+            return;
+        }
+        self->fresh = fresh;
+        self->fresh_max = max;
+    }
     //  A second release of one request replaces the first (the later knows more).
-    zhashx_update (self->releases, r->request_id, r);
-    s_send_release (self, r);
+    //  (Deleted, then inserted: the table's key is the entry's own string.)
+    s_release_t *old = zhashx_lookup (self->releases, request_id);
+    for (size_t i = 0; old && i < self->nfresh; i++)
+        if (self->fresh[i] == old)
+            self->fresh[i] = self->fresh[--self->nfresh];
+    if (old)
+        zhashx_delete (self->releases, request_id);
+    zhashx_insert (self->releases, r->request_id, r);
+    self->fresh[self->nfresh++] = r;
 }
 
 size_t
@@ -161,8 +184,12 @@ s_on_dealer (gw_loop_t *loop, void *socket, void *arg)
             continue;
         }
         if (msg.id == GW_MSG_RELEASE_ACK) {
-            for (size_t k = 0; k < msg.release_ack.request_ids.count; k++)
-                zhashx_delete (self->releases, msg.release_ack.request_ids.items[k]);
+            for (size_t k = 0; k < msg.release_ack.request_ids.count; k++) {
+                s_release_t *r = zhashx_lookup (self->releases, msg.release_ack.request_ids.items[k]);
+                //  A newer release of the same request, not sent yet, stays.
+                if (r && r->sent_ms)
+                    zhashx_delete (self->releases, r->request_id);
+            }
         }
         else {
             uint64_t corr = s_correlation_of (&msg);
@@ -195,6 +222,9 @@ s_on_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
             s_release_orphan (self, p, NULL);
         s_pending_free (p);
     }
+    for (size_t i = 0; i < self->nfresh; i++)
+        s_send_release (self, self->fresh[i]);
+    self->nfresh = 0;
     if (now >= self->next_alive_ms) {
         gw_msg_t alive = { .id = GW_MSG_INGRESS_ALIVE, .ingress_alive = { self->ingress_id } };
         gw_msg_send (self->dealer, NULL, 0, &alive);
@@ -202,11 +232,11 @@ s_on_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
     }
     if (now >= self->next_resend_ms) {
         for (s_release_t *r = zhashx_first (self->releases); r; r = zhashx_next (self->releases))
-            if (now - r->sent_ms >= RESEND_MS)
+            if (r->sent_ms && now - r->sent_ms >= RESEND_MS)
                 s_send_release (self, r);
         self->next_resend_ms = now + RESEND_MS / 2;
     }
-    gw_timer_start (loop, timer, 20);
+    gw_timer_start (loop, timer, TICK_MS);
 }
 
 uint64_t
@@ -319,6 +349,7 @@ control_client_destroy (control_client_t **self_p)
         zmq_close (self->dealer);
     zhashx_destroy (&self->by_correlation);
     zhashx_destroy (&self->releases);
+    free (self->fresh);
     free (self);
     *self_p = NULL;
 }

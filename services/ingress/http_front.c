@@ -478,6 +478,9 @@ s_authenticate (http_req_t *req)
         if (!self->config.admin_key)
             s_finish_error (req, 403, "permission_error", "admin_disabled", NULL,
                             "The admin API is disabled on this gateway (GW_ADMIN_KEY is not set).");
+        else if (!len)
+            s_finish_error (req, 401, "authentication_error", "missing_api_key", NULL,
+                            "No API key provided. Send the admin key as 'Authorization: Bearer <key>'.");
         else
             s_finish_invalid_key (req);
         return;
@@ -630,7 +633,12 @@ s_route_go (http_req_t *req)
 {
     switch (req->route) {
     case ROUTE_CHAT:
-        if (req->too_large)
+        if (req->admin)
+            //  The admin key has no budget, limits or usage of its own: chat
+            //  traffic always goes through a gateway key, so it is counted.
+            s_finish_error (req, 403, "permission_error", "admin_key_not_for_chat", NULL,
+                            "The admin key cannot make chat requests; create a gateway key for that.");
+        else if (req->too_large)
             s_finish_error (req, 413, "invalid_request_error", "request_too_large", NULL,
                             "Request body too large: the limit is %zu bytes", req->front->config.max_body_bytes);
         else if (!req->parsed) {
