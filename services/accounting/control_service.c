@@ -7,6 +7,8 @@
 #include "gw_time.h"
 #include "usage_report.h"
 
+#include <libpq-fe.h>
+
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -34,7 +36,14 @@ struct control_service_t {
     control_config_t config;
     price_table_t *prices;
     usage_store_t *db;
-    void *router;
+    void *router;  //  the control ROUTER; for the release worker, its end of the pair
+    //  Releases and liveness go to a worker thread of their own, with its own
+    //  connection, over an inproc PAIR: a release can wait on a reservation
+    //  row a usage transaction holds through its commit, and the admissions
+    //  behind it on this thread would wait too.
+    void *pair;  //  the control thread's end (NULL in the worker)
+    struct control_service_t *worker;
+    bool is_worker;
     pthread_t thread;
     bool started;
     atomic_bool stop;
@@ -366,6 +375,12 @@ s_turn (control_service_t *self)
             gw_warn ("control", "malformed or foreign-version message dropped");
             continue;
         }
+        if (self->worker && (it->msg.id == GW_MSG_RELEASE || it->msg.id == GW_MSG_INGRESS_ALIVE)) {
+            //  Not answered when the pair is full: the ingress sends it again.
+            gw_msg_send (self->pair, it->rid, it->rid_size, &it->msg);
+            gw_msg_clear (&it->msg);
+            continue;
+        }
         it->decided = false;
         n++;
     }
@@ -414,18 +429,43 @@ s_maintain (control_service_t *self)
 {
     int64_t now = gw_now_ms ();
     if (!usage_store_ready (self->db) && now >= self->next_connect_ms) {
-        if (usage_store_connect (self->db) == 0)
+        if (usage_store_connect (self->db) == 0) {
             self->reconnect_ms = 100;
+            //  Reservations and the minute rows churn (a row in and out per
+            //  request), so their indexes fill with entries of dead rows until
+            //  a vacuum. A plain index scan marks such entries dead as it
+            //  passes, and the next scan skips them; a bitmap scan, which the
+            //  planner picks for these small tables, never does and reads
+            //  them all, every admission.
+            PQclear (usage_store_exec (self->db, "SET enable_bitmapscan = off", 0, NULL));
+        }
         else {
             //  Meanwhile lookups and admissions answer 503 at once.
             self->reconnect_ms = self->reconnect_ms < 2500 ? self->reconnect_ms * 2 : 5000;
             self->next_connect_ms = now + self->reconnect_ms;
         }
     }
-    if (usage_store_ready (self->db) && now >= self->next_housekeep_ms) {
+    if (usage_store_ready (self->db) && self->is_worker && now >= self->next_housekeep_ms) {
         self->next_housekeep_ms = now + HOUSEKEEP_MS;
         if (key_store_housekeep (self->db))
             gw_warn ("control", "housekeeping failed");
+    }
+}
+
+/*  The worker's acknowledgements, on to the ingresses they are for. */
+static void
+s_forward_acks (control_service_t *self)
+{
+    for (int i = 0; i < TURN_MAX; i++) {
+        char rid[256];
+        size_t rid_size = 0;
+        gw_msg_t msg;
+        gw_decode_t rc = gw_msg_recv (self->pair, rid, &rid_size, &msg);
+        if (rc == GW_DECODE_INTERRUPTED)
+            return;
+        if (rc == GW_DECODE_OK)
+            gw_msg_send (self->router, rid, rid_size, &msg);
+        gw_msg_clear (&msg);
     }
 }
 
@@ -435,15 +475,22 @@ s_run (void *arg)
     control_service_t *self = arg;
     while (!atomic_load (&self->stop)) {
         s_maintain (self);
-        zmq_pollitem_t item = { self->router, 0, ZMQ_POLLIN, 0 };
-        if (zmq_poll (&item, 1, POLL_MS) > 0 && (item.revents & ZMQ_POLLIN))
+        zmq_pollitem_t items[2] = { { self->router, 0, ZMQ_POLLIN, 0 }, { self->pair, 0, ZMQ_POLLIN, 0 } };
+        if (zmq_poll (items, self->pair ? 2 : 1, POLL_MS) <= 0)
+            continue;
+        if (items[0].revents & ZMQ_POLLIN)
             s_turn (self);
+        if (self->pair && (items[1].revents & ZMQ_POLLIN))
+            s_forward_acks (self);
     }
     return NULL;
 }
 
-control_service_t *
-control_service_new (void *zmq_ctx, const control_config_t *config, price_table_t *prices)
+static void s_stop (control_service_t *self);
+
+/*  The state both threads have: configuration, a connection, a turn's items. */
+static control_service_t *
+s_new (const control_config_t *config, price_table_t *prices)
 {
     control_service_t *self = calloc (1, sizeof *self);
     if (!self)
@@ -455,12 +502,55 @@ control_service_new (void *zmq_ctx, const control_config_t *config, price_table_
     self->items = calloc (TURN_MAX, sizeof *self->items);
     self->order = calloc (TURN_MAX, sizeof *self->order);
     self->db = usage_store_new (config->dsn, config->currency);
+    if (!self->items || !self->order || !self->db) {
+        s_stop (self);
+        return NULL;
+    }
+    return self;
+}
+
+static void *
+s_pair (void *zmq_ctx)
+{
+    void *pair = zmq_socket (zmq_ctx, ZMQ_PAIR);
+    int zero = 0, hwm = 100000;
+    zmq_setsockopt (pair, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt (pair, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt (pair, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    return pair;
+}
+
+control_service_t *
+control_service_new (void *zmq_ctx, const control_config_t *config, price_table_t *prices)
+{
+    control_service_t *self = s_new (config, prices);
+    if (!self)
+        return NULL;
+    //  The release worker first: the control thread forwards to it from its first turn.
+    char endpoint[64];
+    snprintf (endpoint, sizeof endpoint, "inproc://gw-control-releases-%p", (void *) self);
+    self->worker = s_new (config, prices);
+    self->pair = s_pair (zmq_ctx);
+    if (!self->worker || zmq_bind (self->pair, endpoint)) {
+        gw_error ("control", "cannot start the release worker");
+        control_service_destroy (&self);
+        return NULL;
+    }
+    self->worker->is_worker = true;
+    self->worker->router = s_pair (zmq_ctx);
+    if (zmq_connect (self->worker->router, endpoint)
+        || pthread_create (&self->worker->thread, NULL, s_run, self->worker)) {
+        gw_error ("control", "cannot start the release worker");
+        control_service_destroy (&self);
+        return NULL;
+    }
+    self->worker->started = true;
     self->router = zmq_socket (zmq_ctx, ZMQ_ROUTER);
     int zero = 0, hwm = 100000;
     zmq_setsockopt (self->router, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt (self->router, ZMQ_SNDHWM, &hwm, sizeof hwm);
     zmq_setsockopt (self->router, ZMQ_RCVHWM, &hwm, sizeof hwm);
-    if (!self->items || !self->order || !self->db || zmq_bind (self->router, config->endpoint)) {
+    if (zmq_bind (self->router, config->endpoint)) {
         gw_error ("control", "cannot bind endpoint=%s error=%s", config->endpoint, zmq_strerror (errno));
         control_service_destroy (&self);
         return NULL;
@@ -477,21 +567,29 @@ control_service_new (void *zmq_ctx, const control_config_t *config, price_table_
     return self;
 }
 
-void
-control_service_destroy (control_service_t **self_p)
+static void
+s_stop (control_service_t *self)
 {
-    control_service_t *self = *self_p;
-    if (!self)
-        return;
     if (self->started) {
         atomic_store (&self->stop, true);
         pthread_join (self->thread, NULL);
     }
+    if (self->worker)
+        s_stop (self->worker);
     if (self->router)
         zmq_close (self->router);
+    if (self->pair)
+        zmq_close (self->pair);
     usage_store_destroy (&self->db);
     free (self->items);
     free (self->order);
     free (self);
+}
+
+void
+control_service_destroy (control_service_t **self_p)
+{
+    if (*self_p)
+        s_stop (*self_p);
     *self_p = NULL;
 }

@@ -5,9 +5,14 @@
     REPORT_REQUEST. The thread has its own PostgreSQL connection (a usage_store
     of its own, reconnected with backoff), so a large usage batch on the main
     thread never delays an admission. Each turn takes everything waiting (up
-    to a bound): the admissions share one transaction, the releases another
-    (acknowledged once committed, one RELEASE_ACK per sender). Every ~10 s it
-    deletes lapsed reservations and minute rows no window reads any more.
+    to a bound): the admissions share one transaction. RELEASE and
+    INGRESS_ALIVE go on over an inproc PAIR to a second thread with a third
+    connection: a release may wait for a reservation row that a usage
+    transaction holds until its commit, and admissions must not wait behind
+    it. That worker stores each turn's releases in one transaction and sends
+    one RELEASE_ACK per sender, back through the control thread, once
+    committed; every ~10 s it deletes lapsed reservations and minute rows no
+    window reads any more.
 */
 #ifndef CONTROL_SERVICE_H_INCLUDED
 #define CONTROL_SERVICE_H_INCLUDED
