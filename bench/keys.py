@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -118,6 +119,7 @@ def main():
                       f"| {s['p99_us']:.0f} | {added} |")
                 prev = s
     finally:
+        time.sleep(1)  # the last run's requests in flight finish before the stack stops
         ks.close()
 
 

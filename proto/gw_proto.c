@@ -422,6 +422,7 @@ gw_msg_decode (const void *data, size_t size, gw_msg_t *msg, char *err, size_t e
         }
         else {
             msg->id = (gw_msg_id_t) id;
+            msg->version = version;
             int frc = -1;
             switch (id) {
 #define GW_UNPACK_CASE(NAME, num, name, desc)                                        \
@@ -669,6 +670,7 @@ gw_proto_test (bool verbose)
         msgpack_pack_uint32 (&pk, 200);
         assert (gw_msg_decode (sb.data, sb.size, &out, NULL, 0) == GW_DECODE_OK);
         assert (out.key_info.correlation == 7 && out.key_info.status == 200);
+        assert (out.version == GW_PROTO_MIN_VERSION);
         assert (out.key_info.key_id == 0 && out.key_info.models.count == 0 && !out.key_info.admit);
         gw_msg_clear (&out);
         sb.data[1] = GW_PROTO_VERSION;

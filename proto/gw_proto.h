@@ -47,6 +47,9 @@ GW_MESSAGES (GW_STRUCT_DECL)
 
 typedef struct {
     gw_msg_id_t id;
+    //  The sender's protocol version, set by gw_msg_decode (0 in a message
+    //  built for sending: those always go out as GW_PROTO_VERSION).
+    uint32_t version;
     union {
 #define GW_UNION_ENTRY(NAME, num, name, desc) gw_##name##_t name;
         GW_MESSAGES (GW_UNION_ENTRY)

@@ -22,6 +22,8 @@
 #define TURN_MAX 1000  //  most messages taken in one turn
 #define POLL_MS 200  //  how soon a stop is noticed
 #define HOUSEKEEP_MS 10000
+#define WORKER_RELEASES 1  //  RELEASE, INGRESS_ALIVE, housekeeping
+#define WORKER_REPORTS 2  //  REPORT_REQUEST, ADMIN_REQUEST
 #define CONCURRENCY_RETRY_MS 1000  //  no better guess: a slot frees when some call ends
 
 typedef struct {
@@ -36,14 +38,15 @@ struct control_service_t {
     control_config_t config;
     price_table_t *prices;
     usage_store_t *db;
-    void *router;  //  the control ROUTER; for the release worker, its end of the pair
-    //  Releases and liveness go to a worker thread of their own, with its own
-    //  connection, over an inproc PAIR: a release can wait on a reservation
-    //  row a usage transaction holds through its commit, and the admissions
-    //  behind it on this thread would wait too.
-    void *pair;  //  the control thread's end (NULL in the worker)
-    struct control_service_t *worker;
-    bool is_worker;
+    void *router;  //  the control ROUTER; for a worker, its end of its pair
+    //  Two kinds of work go to worker threads, each with its own connection,
+    //  over an inproc PAIR, so that admissions on this thread never wait
+    //  behind them: releases and liveness (a release can wait on a reservation
+    //  row that a usage transaction holds through its commit), and reports and
+    //  admin calls (a report may scan for seconds).
+    void *pairs[2];  //  the control thread's ends (none in a worker)
+    struct control_service_t *workers[2];
+    int worker_kind;  //  0: the control thread; WORKER_RELEASES or WORKER_REPORTS
     pthread_t thread;
     bool started;
     atomic_bool stop;
@@ -375,9 +378,12 @@ s_turn (control_service_t *self)
             gw_warn ("control", "malformed or foreign-version message dropped");
             continue;
         }
-        if (self->worker && (it->msg.id == GW_MSG_RELEASE || it->msg.id == GW_MSG_INGRESS_ALIVE)) {
-            //  Not answered when the pair is full: the ingress sends it again.
-            gw_msg_send (self->pair, it->rid, it->rid_size, &it->msg);
+        int to = it->msg.id == GW_MSG_RELEASE || it->msg.id == GW_MSG_INGRESS_ALIVE       ? 0
+                 : it->msg.id == GW_MSG_REPORT_REQUEST || it->msg.id == GW_MSG_ADMIN_REQUEST ? 1
+                                                                                           : -1;
+        if (self->worker_kind == 0 && to >= 0) {
+            //  Not answered when the pair is full: the asker sends it again or times out.
+            gw_msg_send (self->pairs[to], it->rid, it->rid_size, &it->msg);
             gw_msg_clear (&it->msg);
             continue;
         }
@@ -445,22 +451,22 @@ s_maintain (control_service_t *self)
             self->next_connect_ms = now + self->reconnect_ms;
         }
     }
-    if (usage_store_ready (self->db) && self->is_worker && now >= self->next_housekeep_ms) {
+    if (usage_store_ready (self->db) && self->worker_kind == WORKER_RELEASES && now >= self->next_housekeep_ms) {
         self->next_housekeep_ms = now + HOUSEKEEP_MS;
         if (key_store_housekeep (self->db))
             gw_warn ("control", "housekeeping failed");
     }
 }
 
-/*  The worker's acknowledgements, on to the ingresses they are for. */
+/*  A worker's answers, on to the askers they are for. */
 static void
-s_forward_acks (control_service_t *self)
+s_forward_answers (control_service_t *self, void *pair)
 {
     for (int i = 0; i < TURN_MAX; i++) {
         char rid[256];
         size_t rid_size = 0;
         gw_msg_t msg;
-        gw_decode_t rc = gw_msg_recv (self->pair, rid, &rid_size, &msg);
+        gw_decode_t rc = gw_msg_recv (pair, rid, &rid_size, &msg);
         if (rc == GW_DECODE_INTERRUPTED)
             return;
         if (rc == GW_DECODE_OK)
@@ -475,13 +481,16 @@ s_run (void *arg)
     control_service_t *self = arg;
     while (!atomic_load (&self->stop)) {
         s_maintain (self);
-        zmq_pollitem_t items[2] = { { self->router, 0, ZMQ_POLLIN, 0 }, { self->pair, 0, ZMQ_POLLIN, 0 } };
-        if (zmq_poll (items, self->pair ? 2 : 1, POLL_MS) <= 0)
+        zmq_pollitem_t items[3] = { { self->router, 0, ZMQ_POLLIN, 0 },
+                                    { self->pairs[0], 0, ZMQ_POLLIN, 0 },
+                                    { self->pairs[1], 0, ZMQ_POLLIN, 0 } };
+        if (zmq_poll (items, self->worker_kind ? 1 : 3, POLL_MS) <= 0)
             continue;
         if (items[0].revents & ZMQ_POLLIN)
             s_turn (self);
-        if (self->pair && (items[1].revents & ZMQ_POLLIN))
-            s_forward_acks (self);
+        for (int w = 0; w < 2 && !self->worker_kind; w++)
+            if (items[1 + w].revents & ZMQ_POLLIN)
+                s_forward_answers (self, self->pairs[w]);
     }
     return NULL;
 }
@@ -526,25 +535,26 @@ control_service_new (void *zmq_ctx, const control_config_t *config, price_table_
     control_service_t *self = s_new (config, prices);
     if (!self)
         return NULL;
-    //  The release worker first: the control thread forwards to it from its first turn.
-    char endpoint[64];
-    snprintf (endpoint, sizeof endpoint, "inproc://gw-control-releases-%p", (void *) self);
-    self->worker = s_new (config, prices);
-    self->pair = s_pair (zmq_ctx);
-    if (!self->worker || zmq_bind (self->pair, endpoint)) {
-        gw_error ("control", "cannot start the release worker");
-        control_service_destroy (&self);
-        return NULL;
+    //  The workers first: the control thread forwards to them from its first turn.
+    for (int w = 0; w < 2; w++) {
+        char endpoint[64];
+        snprintf (endpoint, sizeof endpoint, "inproc://gw-control-worker-%d-%p", w, (void *) self);
+        control_service_t *worker = self->workers[w] = s_new (config, prices);
+        self->pairs[w] = s_pair (zmq_ctx);
+        if (!worker || zmq_bind (self->pairs[w], endpoint)) {
+            gw_error ("control", "cannot start a worker thread");
+            control_service_destroy (&self);
+            return NULL;
+        }
+        worker->worker_kind = w == 0 ? WORKER_RELEASES : WORKER_REPORTS;
+        worker->router = s_pair (zmq_ctx);
+        if (zmq_connect (worker->router, endpoint) || pthread_create (&worker->thread, NULL, s_run, worker)) {
+            gw_error ("control", "cannot start a worker thread");
+            control_service_destroy (&self);
+            return NULL;
+        }
+        worker->started = true;
     }
-    self->worker->is_worker = true;
-    self->worker->router = s_pair (zmq_ctx);
-    if (zmq_connect (self->worker->router, endpoint)
-        || pthread_create (&self->worker->thread, NULL, s_run, self->worker)) {
-        gw_error ("control", "cannot start the release worker");
-        control_service_destroy (&self);
-        return NULL;
-    }
-    self->worker->started = true;
     self->router = zmq_socket (zmq_ctx, ZMQ_ROUTER);
     int zero = 0, hwm = 100000;
     zmq_setsockopt (self->router, ZMQ_LINGER, &zero, sizeof zero);
@@ -574,12 +584,14 @@ s_stop (control_service_t *self)
         atomic_store (&self->stop, true);
         pthread_join (self->thread, NULL);
     }
-    if (self->worker)
-        s_stop (self->worker);
+    for (int w = 0; w < 2; w++) {
+        if (self->workers[w])
+            s_stop (self->workers[w]);
+        if (self->pairs[w])
+            zmq_close (self->pairs[w]);
+    }
     if (self->router)
         zmq_close (self->router);
-    if (self->pair)
-        zmq_close (self->pair);
     usage_store_destroy (&self->db);
     free (self->items);
     free (self->order);

@@ -5,14 +5,15 @@
     REPORT_REQUEST. The thread has its own PostgreSQL connection (a usage_store
     of its own, reconnected with backoff), so a large usage batch on the main
     thread never delays an admission. Each turn takes everything waiting (up
-    to a bound): the admissions share one transaction. RELEASE and
-    INGRESS_ALIVE go on over an inproc PAIR to a second thread with a third
-    connection: a release may wait for a reservation row that a usage
-    transaction holds until its commit, and admissions must not wait behind
-    it. That worker stores each turn's releases in one transaction and sends
-    one RELEASE_ACK per sender, back through the control thread, once
-    committed; every ~10 s it deletes lapsed reservations and minute rows no
-    window reads any more.
+    to a bound): the admissions share one transaction. Two worker threads,
+    each with its own connection, take the rest over inproc PAIRs, so that
+    admissions never wait behind it: RELEASE and INGRESS_ALIVE (a release may
+    wait for a reservation row that a usage transaction holds until its
+    commit; each turn's releases are one transaction, and one RELEASE_ACK per
+    sender goes back through the control thread once committed; every ~10 s
+    this worker also deletes lapsed reservations and minute rows no window
+    reads any more), and REPORT_REQUEST and ADMIN_REQUEST (a report may scan
+    for seconds).
 */
 #ifndef CONTROL_SERVICE_H_INCLUDED
 #define CONTROL_SERVICE_H_INCLUDED
