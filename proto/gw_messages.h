@@ -141,7 +141,8 @@
     F (STR, ingress_id, "the asking ingress instance (its concurrency slots)")     \
     F (STR, model, "public model name the client asked for")                      \
     F (U64, prompt_tokens, "estimated prompt tokens")                              \
-    F (U64, max_tokens, "client's output cap; 0: the model's maximum output")
+    F (U64, max_tokens, "client's output cap; 0: the model's maximum output")       \
+    F (STRLIST, ended, "this key's requests this ingress ended, release not yet acknowledged")
 
 #define GW_ADMIT_REPLY_FIELDS(F)                                                    \
     F (U64, correlation, "the admission's correlation id")                        \

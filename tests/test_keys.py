@@ -549,6 +549,8 @@ def test_rpm_across_two_ingresses():
             assert st == 429, (st, raw)
             check_429(hd, raw, "rate_limit_requests")
             assert 1 <= int(hd["retry-after"]) <= 60, hd
+            # refused before any upstream call: it cost nothing, and says so
+            assert hd.get("x-gateway-cost") == "0.00" and hd.get("x-gateway-currency") == "CNY", hd
             assert hd.get("x-ratelimit-limit-requests") == "60", hd
             assert hd.get("x-ratelimit-remaining-requests") == "0", hd
             assert RESET_RE.match(hd.get("x-ratelimit-reset-requests", "")), hd
@@ -661,8 +663,31 @@ def test_defaults_zero_lifetime_budget_and_output_cap():
         assert st == 429 and error_of(raw)["code"] == "budget_day", (st, raw)
         st, hd, raw = ks.chat(cap["key"], one_text, max_tokens=16)
         assert st == 200, (st, raw)
+        # max_completion_tokens does not bound a DeepSeek answer, so it cannot lower the reservation
         st, hd, raw = ks.chat(cap["key"], one_text, max_completion_tokens=16)
-        assert st == 200, (st, raw)
+        assert st == 429 and error_of(raw)["code"] == "budget_day", (st, raw)
+
+
+def test_release_before_admission_reserves_nothing():
+    """An ADMIT the ingress stopped waiting for is released at once; that RELEASE can
+    reach PostgreSQL before the ADMIT (another thread or instance). The late ADMIT must
+    then reserve nothing, or a concurrency slot and budget would be held for 15 min."""
+    with KeyStack(accountings=1) as ks:
+        k = ks.create_key("late", concurrency=1, budget_day="1")
+        kid = k["id"]
+        ks.sql("SELECT gw_release('late-req', false, 0, 0)")
+        row = ks.sql(f"SELECT status, code FROM gw_admit('late-req', {kid}, 'ing-x', 1000, 10,"
+                     " NULL, NULL, NULL, NULL, NULL, NULL, NULL, 900, 15, '{}')")
+        assert row.split("|")[0] == "409" and row.split("|")[1] == "released", row
+        assert ks.sql(f"SELECT count(*) FROM reservations WHERE key_id = {kid}") == "0"
+        assert ks.sql("SELECT count(*) FROM key_requests") == "0", "a refused admission was counted"
+        # the key's one slot is free, and a client that sends one request after the
+        # other on one ingress is never refused for concurrency: the ingress tells
+        # accounting which of the key's requests it ended, even before accounting
+        # has stored their releases
+        for i in range(12):
+            st, _, raw = ks.chat(k["key"], f"one after another {i}", max_tokens=8)
+            assert st == 200, (i, st, raw)
 
 
 def test_dead_ingress_frees_its_concurrency_slots():

@@ -110,6 +110,7 @@ s_estimate (control_service_t *self, const gw_admit_t *admit, key_admission_t *a
     a->key_id = admit->key_id;
     a->cost_pico = key_max_cost (admit->prompt_tokens, cap, in, out);
     a->tokens = (int64_t) s_add (admit->prompt_tokens, cap);
+    a->ended = &admit->ended;
 }
 
 static const char *

@@ -1,5 +1,6 @@
 /*  key_store.c: gateway keys, admissions and reservations in PostgreSQL. */
 #include "key_store.h"
+#include "gw_buf.h"
 #include "gw_log.h"
 
 #include <assert.h>
@@ -144,6 +145,28 @@ s_param (char *buf, size_t size, int64_t value)
     return buf;
 }
 
+/*  A text[] literal of the strings: {"a","b"}, each quoted, with \ and "
+    escaped. Caller frees. */
+static char *
+s_text_array (const gw_strlist_t *list)
+{
+    gw_buf_t buf = { 0 };
+    gw_buf_append (&buf, "{", 1);
+    for (size_t i = 0; list && i < list->count; i++) {
+        if (i)
+            gw_buf_append (&buf, ",", 1);
+        gw_buf_append (&buf, "\"", 1);
+        for (const char *c = list->items[i]; *c; c++) {
+            if (*c == '"' || *c == '\\')
+                gw_buf_append (&buf, "\\", 1);
+            gw_buf_append (&buf, c, 1);
+        }
+        gw_buf_append (&buf, "\"", 1);
+    }
+    gw_buf_append (&buf, "}", 2);  //  with the NUL
+    return gw_buf_take (&buf);
+}
+
 int
 key_store_admit (usage_store_t *db, const key_policy_t *policy, const key_admission_t *a, key_verdict_t *v)
 {
@@ -158,10 +181,15 @@ key_store_admit (usage_store_t *db, const key_policy_t *policy, const key_admiss
         values[5 + i] = s_param (defaults[i], sizeof defaults[i], policy->defaults[i]);
     values[12] = ttl;
     values[13] = alive;
+    char *ended = s_text_array (a->ended);
+    const char *all[15];
+    memcpy (all, values, sizeof values);
+    all[14] = ended ? ended : "{}";
     PGresult *res = usage_store_exec_prepared (db, "gw_admit",
                                                "SELECT * FROM gw_admit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
-                                               " $11, $12, $13, $14)",
-                                               14, values);
+                                               " $11, $12, $13, $14, $15)",
+                                               15, all);
+    free (ended);
     if (!res)
         return -1;
     if (PQntuples (res) != 1 || PQnfields (res) != 15) {

@@ -50,6 +50,7 @@ typedef struct {
     uint64_t key_id;
     int64_t cost_pico;  //  the request's maximum cost
     int64_t tokens;  //  prompt estimate plus output cap
+    const gw_strlist_t *ended;  //  the ingress's ended requests of this key (not in progress)
 } key_admission_t;
 
 /*  What gw_admit decided and the figures behind it. Limits are -1 when none. */

@@ -96,7 +96,18 @@ static const struct {
          ");"
          "CREATE INDEX reservations_key_id ON reservations (key_id);"
          "CREATE INDEX reservations_expires_at ON reservations (expires_at);"
-         "CREATE TABLE ingress_alive (ingress_id text PRIMARY KEY, seen_at timestamptz NOT NULL);"
+         "CREATE TABLE ingress_alive (ingress_id text PRIMARY KEY, seen_at timestamptz NOT NULL);" },
+};
+
+/*  The functions admissions and releases call. Not a migration: they hold no
+    data, so every start installs the definition below (CREATE OR REPLACE,
+    under the migration lock), and a corrected function reaches every
+    database on the next start. Their parameters and results must not change
+    (CREATE OR REPLACE cannot); a new signature needs a new name. */
+static const char *s_routines =
+         //  The signature before p_ended (one development database may have it).
+         "DROP FUNCTION IF EXISTS gw_admit(text, bigint, text, bigint, bigint, bigint, bigint, bigint,"
+         "  bigint, bigint, bigint, bigint, integer, integer);"
          //  The whole admission in one round trip, under the key row's lock: the
          //  checks of docs/keys.md in order, then the reservation and the request
          //  count, or nothing. It raises no error of its own, so many admissions
@@ -104,10 +115,10 @@ static const struct {
          //  arithmetic: prev * (60000 - elapsed_ms) + curr * 60000 <= limit * 60000.
          //  It returns the raw window counts (without this request); the caller
          //  derives remaining, reset and retry times from them.
-         "CREATE FUNCTION gw_admit(p_request text, p_key bigint, p_ingress text, p_cost bigint, p_tokens bigint,"
+         "CREATE OR REPLACE FUNCTION gw_admit(p_request text, p_key bigint, p_ingress text, p_cost bigint, p_tokens bigint,"
          "  d_rpm bigint, d_tpm bigint, d_conc bigint,"
          "  d_day bigint, d_week bigint, d_month bigint, d_total bigint,"
-         "  p_ttl_s integer, p_alive_s integer,"
+         "  p_ttl_s integer, p_alive_s integer, p_ended text[],"
          "  OUT status integer, OUT code text, OUT reserved_pico bigint, OUT elapsed_ms bigint,"
          "  OUT rpm_limit bigint, OUT rpm_prev bigint, OUT rpm_curr bigint,"
          "  OUT tpm_limit bigint, OUT tpm_prev bigint, OUT tpm_curr bigint,"
@@ -160,7 +171,10 @@ static const struct {
          "     sum(cost_pico) FILTER (WHERE period = 'month' AND period_start = starts[3]) AS month,"
          "     sum(cost_pico) FILTER (WHERE period = 'total') AS total"
          "    FROM key_spend WHERE key_id = p_key) s,"
-         "   (SELECT count(*) FILTER (WHERE x.released_at IS NULL AND (x.created_at > t - make_interval(secs => p_alive_s)"
+         //  In progress: not released, not among the requests the asking ingress
+         //  has ended (their RELEASE may still be on its way), and of a live ingress.
+         "   (SELECT count(*) FILTER (WHERE x.released_at IS NULL AND x.request_id <> ALL (p_ended)"
+         "      AND (x.created_at > t - make_interval(secs => p_alive_s)"
          "      OR EXISTS (SELECT 1 FROM ingress_alive a WHERE a.ingress_id = x.ingress_id"
          "       AND a.seen_at > t - make_interval(secs => p_alive_s)))) AS busy,"
          "     sum(x.amount_pico) AS amount, sum(x.tokens) AS tokens,"
@@ -194,9 +208,12 @@ static const struct {
          "  END LOOP;"
          "  INSERT INTO reservations (request_id, key_id, ingress_id, amount_pico, tokens, created_at, expires_at)"
          "   VALUES (p_request, p_key, p_ingress, p_cost, p_tokens, t, t + make_interval(secs => p_ttl_s))"
-         "   ON CONFLICT (request_id) DO UPDATE SET key_id = EXCLUDED.key_id, ingress_id = EXCLUDED.ingress_id,"
-         "    amount_pico = EXCLUDED.amount_pico, tokens = EXCLUDED.tokens, created_at = EXCLUDED.created_at,"
-         "    expires_at = EXCLUDED.expires_at, released_at = NULL, dispatch = NULL, attempts = NULL;"
+         "   ON CONFLICT (request_id) DO NOTHING;"
+         //  Its release came first (the ingress gave up waiting for this
+         //  answer): nothing is reserved or counted, and it is not admitted.
+         "  IF NOT FOUND THEN"
+         "   status := 409; code := 'released'; RETURN;"
+         "  END IF;"
          "  INSERT INTO key_requests (key_id, minute, requests) VALUES (p_key, m0, 1)"
          "   ON CONFLICT (key_id, minute) DO UPDATE SET requests = key_requests.requests + 1;"
          "  reserved_pico := p_cost;"
@@ -206,18 +223,29 @@ static const struct {
          //  statement, so its snapshot is taken after the row lock is held: a
          //  usage transaction that stored events of this request meanwhile has
          //  committed, and its rows are seen.
-         "CREATE FUNCTION gw_release(p_request text, p_dispatched boolean, p_dispatch integer, p_attempts integer)"
+         "CREATE OR REPLACE FUNCTION gw_release(p_request text, p_dispatched boolean, p_dispatch integer, p_attempts integer)"
          " RETURNS void LANGUAGE plpgsql AS $$"
          " BEGIN"
          "  UPDATE reservations SET released_at = coalesce(released_at, clock_timestamp()),"
          "   dispatch = p_dispatch, attempts = CASE WHEN p_dispatched THEN p_attempts ELSE 0 END"
          "   WHERE request_id = p_request;"
-         "  IF NOT FOUND THEN RETURN; END IF;"
+         //  Nothing to release: the ADMIT may still be on its way (on another
+         //  thread or instance, after the ingress stopped waiting for it). A
+         //  released row with nothing reserved takes its place, so that ADMIT
+         //  finds it and admits nothing; it lapses like any reservation.
+         "  IF NOT FOUND THEN"
+         "   INSERT INTO reservations (request_id, key_id, ingress_id, amount_pico, tokens, created_at, expires_at,"
+         "    released_at, dispatch, attempts)"
+         "    VALUES (p_request, 0, '', 0, 0, clock_timestamp(), clock_timestamp() + interval '1 hour',"
+         "     clock_timestamp(), 0, 0)"
+         "    ON CONFLICT (request_id) DO NOTHING;"
+         "   RETURN;"
+         "  END IF;"
          "  DELETE FROM reservations r WHERE r.request_id = p_request AND (r.attempts = 0"
          "   OR (SELECT count(*) FROM usage_events u WHERE u.request_id = p_request AND u.dispatch = r.dispatch)"
          "    >= r.attempts);"
-         " END $$;" },
-};
+         " END $$;";
+
 
 /*  The columns a usage row is written with (recorded_at takes its default). */
 #define USAGE_COLUMNS                                                                \
@@ -307,6 +335,8 @@ s_migrate (usage_store_t *self)
         if (!rc)
             gw_info ("store", "migration applied version=%d", s_migrations[i].version);
     }
+    if (!rc)
+        rc = s_exec (self, s_routines, PGRES_COMMAND_OK);
     s_exec (self, "SELECT pg_advisory_unlock(" GW_STR (MIGRATION_LOCK_ID) ")", PGRES_TUPLES_OK);
     return rc;
 }
@@ -421,21 +451,24 @@ s_copy_row (gw_buf_t *buf, const usage_row_t *r, const char *currency)
 
 /*  The keys' side of a usage batch, inside its transaction: the real cost and
     tokens added to each key's periods, then the settlement of released
-    reservations whose usage is now complete. Usage must be stored whatever
-    happens here, so this runs under a savepoint: a failure (a deadlock with
-    another instance, say) is retried once, then given up with an error (the
-    reservations then lapse after their TTL) and the batch commits anyway. */
+    reservations whose usage is now complete. It runs under a savepoint: a
+    failure (a deadlock with another instance, say) is retried once. A second
+    failure fails the whole
+    batch: its usage without its spend would escape every budget for good,
+    while a batch not stored is only sent again (events are idempotent). */
 static const char *s_key_spend_sql =
-    //  Minute rows only for the window that rate limits still look at.
+    //  Periods by when the call started; the minute rows of the tpm window by
+    //  when its usage is stored, so a call counts there as it finishes,
+    //  however long it ran.
     "INSERT INTO key_spend (key_id, period, period_start, cost_pico, tokens)"
     " SELECT n.api_key_id, p.period, p.start,"
     "  LEAST(sum(coalesce(n.cost_pico, 0)), 9223372036854775807)::bigint,"
     "  LEAST(sum(n.tokens), 9223372036854775807)::bigint"
     " FROM usage_new n CROSS JOIN LATERAL (VALUES"
-    "  ('minute', date_trunc('minute', n.started_at, 'UTC')), ('day', date_trunc('day', n.started_at, 'UTC')),"
+    "  ('minute', date_trunc('minute', now(), 'UTC')), ('day', date_trunc('day', n.started_at, 'UTC')),"
     "  ('week', date_trunc('week', n.started_at, 'UTC')), ('month', date_trunc('month', n.started_at, 'UTC')),"
     "  ('total', 'epoch'::timestamptz)) AS p (period, start)"
-    " WHERE p.period <> 'minute' OR p.start >= date_trunc('minute', now(), 'UTC') - interval '2 minutes'"
+
     //  In key order, like the usage rows: concurrent batches cannot deadlock.
     " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
     " ON CONFLICT (key_id, period, period_start) DO UPDATE SET"
@@ -456,22 +489,21 @@ static const char *s_settle_sql =
     " AND (SELECT count(*) FROM usage_events u WHERE u.request_id = r.request_id AND u.dispatch = r.dispatch)"
     "  >= r.attempts";
 
-static void
+static int
 s_key_accounts (usage_store_t *self)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
         if (s_exec (self, "SAVEPOINT key_accounts", PGRES_COMMAND_OK))
-            return;
+            return -1;
         if (s_exec (self, s_key_spend_sql, PGRES_COMMAND_OK) == 0 && s_exec (self, s_lock_sql, PGRES_TUPLES_OK) == 0
-            && s_exec (self, s_settle_sql, PGRES_COMMAND_OK) == 0) {
-            s_exec (self, "RELEASE SAVEPOINT key_accounts", PGRES_COMMAND_OK);
-            return;
-        }
+            && s_exec (self, s_settle_sql, PGRES_COMMAND_OK) == 0)
+            return s_exec (self, "RELEASE SAVEPOINT key_accounts", PGRES_COMMAND_OK);
         if (PQstatus (self->conn) != CONNECTION_OK
             || s_exec (self, "ROLLBACK TO SAVEPOINT key_accounts", PGRES_COMMAND_OK))
-            return;
+            return -1;
     }
-    gw_error ("store", "key spend and settlement given up for this batch; its reservations lapse at their TTL");
+    gw_error ("store", "key spend and settlement failed twice: the batch is not stored and will come again");
+    return -1;
 }
 
 int
@@ -512,7 +544,7 @@ usage_store_insert (usage_store_t *self, const usage_row_t *rows, size_t n)
                      " INSERT INTO usage_new SELECT * FROM ins WHERE api_key_id IS NOT NULL",
                      PGRES_COMMAND_OK);
     if (!rc)
-        s_key_accounts (self);
+        rc = s_key_accounts (self);
     if (!rc)
         rc = s_exec (self, "COMMIT", PGRES_COMMAND_OK);
     gw_buf_free (&buf);

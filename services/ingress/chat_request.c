@@ -172,7 +172,9 @@ chat_request_parse (const char *body, size_t size, chat_request_t *req)
             s_fail (req, caps[i], why);
             goto done;
         }
-        if (!req->max_tokens || (uint64_t) json_integer_value (v) < req->max_tokens)
+        //  Only max_tokens bounds the answer: DeepSeek does not read
+        //  max_completion_tokens, so it cannot lower the reserved cost.
+        if (i == 0)
             req->max_tokens = (uint64_t) json_integer_value (v);
     }
     req->prompt_tokens = s_estimate_prompt (root);
@@ -228,8 +230,8 @@ chat_request_test (bool verbose)
                      "{\"role\":\"system\",\"content\":\"\u4f60\u597d\u4e16\u754c\"},"
                      "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"abcdefghij\"}]}]}";
     assert (chat_request_parse (zh, strlen (zh), &req) == 0);
-    //  4 Chinese characters (2.4) + 10 ASCII (3) + 2 x 4 = 13.4 -> 14; the smaller cap wins.
-    assert (req.prompt_tokens == 14 && req.max_tokens == 50);
+    //  4 Chinese characters (2.4) + 10 ASCII (3) + 2 x 4 = 13.4 -> 14; max_tokens is the cap.
+    assert (req.prompt_tokens == 14 && req.max_tokens == 100);
     s_expect ("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[]}]}", 0, NULL);
     s_expect ("{\"model\":", -1, "not valid JSON");
     s_expect ("[1]", -1, "JSON object");

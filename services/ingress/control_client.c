@@ -19,10 +19,12 @@ typedef struct s_pending_t {
     void *client;  //  NULL once forgotten
     int64_t deadline_ms;
     char *admit_request_id;  //  for an ADMIT: to release it if orphaned
+    uint64_t admit_key_id;
 } s_pending_t;
 
 typedef struct {
     char *request_id;
+    uint64_t key_id;
     bool dispatched;
     uint32_t dispatch, attempts;
     int64_t sent_ms;  //  0: not sent yet (waits in fresh)
@@ -79,8 +81,8 @@ s_send_release (control_client_t *self, s_release_t *r)
 }
 
 void
-control_client_release (control_client_t *self, const char *request_id, bool dispatched, uint32_t dispatch,
-                        uint32_t attempts)
+control_client_release (control_client_t *self, const char *request_id, uint64_t key_id, bool dispatched,
+                        uint32_t dispatch, uint32_t attempts)
 {
     if (zhashx_size (self->releases) >= RELEASES_MAX) {
         gw_warn ("control", "too many unacknowledged releases, dropping request_id=%s", request_id);
@@ -91,6 +93,7 @@ control_client_release (control_client_t *self, const char *request_id, bool dis
         free (r);
         return;
     }
+    r->key_id = key_id;
     r->dispatched = dispatched;
     r->dispatch = dispatch;
     r->attempts = attempts;
@@ -143,13 +146,20 @@ s_pending_free (s_pending_t *p)
     free (p);
 }
 
-/*  An ADMIT nobody waits for any more: if it was (or may have been) admitted,
-    its reservation and concurrency slot are given back now. */
+/*  After an ADMIT's answer (NULL: none came): gives its reservation and
+    concurrency slot back when nobody will use them, that is when the asker
+    went away and it was (or may have been) admitted, or when the answer is
+    neither yes nor a decided no (503: the database may have committed it all
+    the same). A release of what was never reserved costs nothing. */
 static void
-s_release_orphan (control_client_t *self, s_pending_t *p, const gw_msg_t *reply)
+s_release_unused (control_client_t *self, s_pending_t *p, const gw_msg_t *reply)
 {
-    if (p->admit_request_id && (!reply || reply->admit_reply.status == 200))
-        control_client_release (self, p->admit_request_id, false, 0, 0);
+    if (!p->admit_request_id)
+        return;
+    uint32_t status = reply ? reply->admit_reply.status : 0;
+    bool decided = status == 200 || status == 429 || status == 401;
+    if (!decided || (!p->client && status == 200))
+        control_client_release (self, p->admit_request_id, p->admit_key_id, false, 0, 0);
 }
 
 static uint64_t
@@ -198,8 +208,7 @@ s_on_dealer (gw_loop_t *loop, void *socket, void *arg)
                 s_unlink (self, p);
                 if (p->client)
                     p->fn (p->client, &msg);
-                else
-                    s_release_orphan (self, p, &msg);
+                s_release_unused (self, p, &msg);
                 s_pending_free (p);
             }
         }
@@ -218,8 +227,7 @@ s_on_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
         if (p->client)
             p->fn (p->client, NULL);
         //  Unanswered: accounting may have admitted it all the same.
-        if (p->admit_request_id)
-            s_release_orphan (self, p, NULL);
+        s_release_unused (self, p, NULL);
         s_pending_free (p);
     }
     for (size_t i = 0; i < self->nfresh; i++)
@@ -239,9 +247,33 @@ s_on_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
     gw_timer_start (loop, timer, TICK_MS);
 }
 
+/*  The key's ended requests whose release accounting has not acknowledged
+    yet (sent or about to be): a request that ended a moment ago must not
+    hold its concurrency slot against the same client's next one because its
+    RELEASE and this ADMIT took different paths (another thread, another
+    instance). Borrowed strings; at most ENDED_MAX, looking at most at
+    ENDED_SCAN releases (a long outage can leave many). */
+#define ENDED_MAX 256
+#define ENDED_SCAN 4096
+static void
+s_ended_of_key (control_client_t *self, uint64_t key_id, gw_strlist_t *ended)
+{
+    *ended = (gw_strlist_t) { 0 };
+    size_t scanned = 0;
+    for (s_release_t *r = zhashx_first (self->releases); r && scanned < ENDED_SCAN && ended->count < ENDED_MAX;
+         r = zhashx_next (self->releases), scanned++) {
+        if (r->key_id != key_id)
+            continue;
+        if (!ended->items && !(ended->items = calloc (ENDED_MAX + 1, sizeof (char *))))
+            return;
+        ended->items[ended->count++] = r->request_id;
+    }
+}
+
 uint64_t
 control_client_ask (control_client_t *self, gw_msg_t *msg, control_reply_fn *fn, void *client)
 {
+    gw_strlist_t ended = { 0 };
     s_pending_t *p = calloc (1, sizeof *p);
     if (!p)
         return 0;
@@ -256,10 +288,13 @@ control_client_ask (control_client_t *self, gw_msg_t *msg, control_reply_fn *fn,
     case GW_MSG_ADMIT:
         msg->admit.correlation = p->correlation;
         msg->admit.ingress_id = self->ingress_id;
+        p->admit_key_id = msg->admit.key_id;
         if (!(p->admit_request_id = strdup (msg->admit.request_id))) {
             free (p);
             return 0;
         }
+        s_ended_of_key (self, msg->admit.key_id, &ended);
+        msg->admit.ended = ended;
         break;
     case GW_MSG_ADMIN_REQUEST:
         msg->admin_request.correlation = p->correlation;
@@ -273,6 +308,10 @@ control_client_ask (control_client_t *self, gw_msg_t *msg, control_reply_fn *fn,
     }
     //  No accounting connected: the send fails at once and the timer answers.
     gw_msg_send (self->dealer, NULL, 0, msg);
+    if (msg->id == GW_MSG_ADMIT) {
+        msg->admit.ended = (gw_strlist_t) { 0 };
+        free (ended.items);  //  the strings are the releases' own
+    }
     p->prev = self->last;
     if (self->last)
         self->last->next = p;
@@ -288,7 +327,7 @@ control_client_forget (control_client_t *self, uint64_t correlation)
 {
     s_pending_t *p = zhashx_lookup (self->by_correlation, (void *) (uintptr_t) correlation);
     if (p)
-        p->client = NULL;  //  kept until answered or timed out, for s_release_orphan
+        p->client = NULL;  //  kept until answered or timed out, for s_release_unused
 }
 
 const char *
@@ -335,6 +374,9 @@ control_client_destroy (control_client_t **self_p)
     control_client_t *self = *self_p;
     if (!self)
         return;
+    //  Releases never sent go out once, in case accounting is there to take them.
+    for (size_t i = 0; self->dealer && i < self->nfresh; i++)
+        s_send_release (self, self->fresh[i]);
     if (self->releases && zhashx_size (self->releases))
         gw_warn ("control", "stopping with unacknowledged releases count=%zu (their reservations lapse)",
                  zhashx_size (self->releases));

@@ -24,17 +24,20 @@ void control_client_destroy (control_client_t **self_p);
 /*  This ingress instance's id (random per process), sent with ADMITs. */
 const char *control_client_ingress_id (control_client_t *self);
 
-/*  Sends msg, whose correlation field this fills in. Returns the correlation
+/*  Sends msg, whose correlation field this fills in (and, for an ADMIT, the
+    key's requests this ingress has ended but accounting has not yet heard
+    the release of, so they do not count as in progress). Returns the correlation
     (never 0), to forget the question with; 0 when out of memory. */
 uint64_t control_client_ask (control_client_t *self, gw_msg_t *msg, control_reply_fn *fn, void *client);
 
 /*  The asker went away: its answer is dropped. A forgotten ADMIT that turns
-    out admitted (or times out, so might have been) is released at once. */
+    out admitted (or times out, so might have been) is released at once; so is
+    any ADMIT answered neither 200, 429 nor 401, or not answered in time. */
 void control_client_forget (control_client_t *self, uint64_t correlation);
 
 /*  Ends an admitted request at accounting, reliably (resent until acknowledged). */
-void control_client_release (control_client_t *self, const char *request_id, bool dispatched, uint32_t dispatch,
-                             uint32_t attempts);
+void control_client_release (control_client_t *self, const char *request_id, uint64_t key_id, bool dispatched,
+                             uint32_t dispatch, uint32_t attempts);
 
 /*  Releases not yet acknowledged. */
 size_t control_client_unacked (control_client_t *self);

@@ -85,8 +85,8 @@ s_job_destroy (pool_job_t **job_p)
         uint32_t attempts = job->attempts_known ? job->attempts
                             : job->ever_dispatched ? POOL_ATTEMPTS_UNKNOWN
                                                    : 0;
-        job->pool->done_fn (job->pool->done_arg, job->request_id, job->ever_dispatched, job->dispatch,
-                            attempts);
+        job->pool->done_fn (job->pool->done_arg, job->request_id, job->api_key_id, job->ever_dispatched,
+                            job->dispatch, attempts);
     }
     free (job->request_id);
     free (job->model);
@@ -642,9 +642,10 @@ s_test_end (void *client, uint32_t status, const char *type, const uint8_t *body
 static char s_test_done[512];
 
 static void
-s_test_on_done (void *arg, const char *request_id, bool dispatched, uint32_t dispatch, uint32_t attempts)
+s_test_on_done (void *arg, const char *request_id, uint64_t api_key_id, bool dispatched, uint32_t dispatch,
+                uint32_t attempts)
 {
-    (void) arg;
+    (void) arg, (void) api_key_id;
     char line[96];
     snprintf (line, sizeof line, "%s %d %u %u;", request_id, dispatched, dispatch, attempts);
     strcat (s_test_done, line);

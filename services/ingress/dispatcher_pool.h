@@ -35,8 +35,8 @@ typedef struct {
     dispatch was last and how many usage events it wrote (POOL_ATTEMPTS_UNKNOWN
     when a dispatcher was lost with it: its reservation then lapses instead). */
 #define POOL_ATTEMPTS_UNKNOWN 2147483647u
-typedef void (pool_done_fn) (void *arg, const char *request_id, bool dispatched, uint32_t dispatch,
-                             uint32_t attempts);
+typedef void (pool_done_fn) (void *arg, const char *request_id, uint64_t api_key_id, bool dispatched,
+                             uint32_t dispatch, uint32_t attempts);
 
 typedef struct {
     const char *endpoint;       //  ROUTER bind endpoint, e.g. tcp://127.0.0.1:5555

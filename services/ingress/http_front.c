@@ -67,6 +67,7 @@ typedef struct http_req_t {
     bool ended;  //  no more bytes will come
     uint32_t status;
     char content_type[96];
+    bool dispatched;  //  handed to the pool: an upstream call may have been made
     bool cost_known;
     uint64_t cost_pico;
     char currency[8];
@@ -171,12 +172,13 @@ s_money (uint64_t pico, char *out, size_t size)
 static void
 s_duration (uint64_t ms, char *out, size_t size)
 {
+    uint64_t s = (ms + 999) / 1000;  //  whole seconds first, so 119.5 s reads 2m0s
     if (ms < 1000)
         snprintf (out, size, "%" PRIu64 "ms", ms);
-    else if (ms < 60000)
-        snprintf (out, size, "%" PRIu64 "s", (ms + 999) / 1000);
+    else if (s < 60)
+        snprintf (out, size, "%" PRIu64 "s", s);
     else
-        snprintf (out, size, "%" PRIu64 "m%" PRIu64 "s", ms / 60000, (ms % 60000 + 999) / 1000);
+        snprintf (out, size, "%" PRIu64 "m%" PRIu64 "s", s / 60, s % 60);
 }
 
 static void
@@ -268,10 +270,11 @@ const pool_client_fns_t http_front_pool_fns = { s_pool_head, s_pool_chunk, s_poo
 /*  The pool is done with an admitted request's job: accounting frees its
     concurrency slot now and settles its budget once its usage is stored. */
 static void
-s_on_job_done (void *arg, const char *request_id, bool dispatched, uint32_t dispatch, uint32_t attempts)
+s_on_job_done (void *arg, const char *request_id, uint64_t api_key_id, bool dispatched, uint32_t dispatch,
+               uint32_t attempts)
 {
-    http_front_t *self = arg;
-    control_client_release (self->control, request_id, dispatched, dispatch, attempts);
+    //  The control client, not the front: the pool outlives the front at shutdown.
+    control_client_release (arg, request_id, api_key_id, dispatched, dispatch, attempts);
 }
 
 /* ---- the stream relay ---- */
@@ -323,6 +326,13 @@ s_respond (http_req_t *req)
     else {
         size_t len = req->out.len;
         r = MHD_create_response_from_buffer (len, gw_buf_take (&req->out), MHD_RESPMEM_MUST_FREE);
+        //  A chat request refused before any upstream call cost nothing, and
+        //  says so; one whose calls could not all be priced says nothing.
+        if (req->route == ROUTE_CHAT && !req->cost_known && !req->dispatched) {
+            req->cost_known = true;
+            req->cost_pico = 0;
+            snprintf (req->currency, sizeof req->currency, "%s", req->front->config.currency);
+        }
         if (req->cost_known) {
             char money[40];
             s_money (req->cost_pico, money, sizeof money);
@@ -357,13 +367,14 @@ static void
 s_dispatch (http_req_t *req)
 {
     http_front_t *self = req->front;
+    req->dispatched = true;
     req->job = dispatcher_pool_submit (self->pool, req, req->request_id, req->chat.model, req->chat.stream,
                                        req->chat.client_usage, req->body.data ? req->body.data : "",
                                        req->body.len, req->key_id, req->admitted);
     gw_buf_free (&req->body);
     if (!req->job) {
         if (req->admitted)
-            control_client_release (self->control, req->request_id, false, 0, 0);
+            control_client_release (self->control, req->request_id, req->key_id, false, 0, 0);
         s_finish_error (req, 500, "api_error", NULL, NULL, "out of memory");
     }
 }
@@ -592,6 +603,8 @@ s_usage_go (http_req_t *req)
         msg.report_request.to_ms = (uint64_t) to_ms;
     }
     req->question = control_client_ask (req->front->control, &msg, s_on_answer, req);
+    if (!req->question)
+        s_finish_error (req, 500, "api_error", NULL, NULL, "out of memory");
 }
 
 static void
@@ -608,6 +621,8 @@ s_admin_go (http_req_t *req)
                                                .body = { (uint8_t *) req->body.data, req->body.len } };
     req->question = control_client_ask (req->front->control, &msg, s_on_answer, req);
     gw_buf_free (&req->body);
+    if (!req->question)
+        s_finish_error (req, 500, "api_error", NULL, NULL, "out of memory");
 }
 
 static void
@@ -864,7 +879,7 @@ http_front_new (gw_loop_t *loop, dispatcher_pool_t *pool, control_client_t *cont
     self->control = control;
     self->keys = keys;
     if (control)
-        dispatcher_pool_on_done (pool, s_on_job_done, self);
+        dispatcher_pool_on_done (pool, s_on_job_done, control);
     self->config = *config;
     struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons ((uint16_t) config->port) };
     if (inet_pton (AF_INET, config->host, &addr.sin_addr) != 1) {

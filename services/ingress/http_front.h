@@ -25,6 +25,7 @@ typedef struct {
     int idle_timeout_s;     //  idle keep-alive connections are closed after this
     bool auth;              //  require gateway keys (GW_AUTH=keys)
     const char *admin_key;  //  GW_ADMIN_KEY; NULL: the admin API is disabled
+    const char *currency;  //  GW_CURRENCY, for the cost (0) of requests refused before any call
 } http_config_t;
 
 /*  The callbacks the dispatcher pool calls for a job's client. */

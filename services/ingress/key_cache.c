@@ -24,6 +24,7 @@ struct key_cache_t {
     int ttl_ms;
     size_t max_entries;
     zhashx_t *entries;  //  hash -> s_entry_t
+    int64_t purged_ms;  //  when stale entries were last swept out
 };
 
 static void
@@ -106,12 +107,19 @@ key_cache_check (key_cache_t *self, const char *key, size_t len, key_waiter_t *w
     int64_t now = gw_now_ms ();
     s_entry_t *e = zhashx_lookup (self->entries, hash);
     if (e && e->status != KEY_PENDING && now - e->fetched_ms > self->ttl_ms) {
-        if (s_ask (self, e))
+        if (s_ask (self, e)) {
+            //  Left pending with no question out, it would hold its waiters forever.
+            zhashx_delete (self->entries, e->hash);
             return KEY_UNAVAILABLE;
+        }
     }
     else if (!e) {
-        if (zhashx_size (self->entries) >= self->max_entries)
+        //  A full pass over the table: at most once a second, or a flood of
+        //  random keys would make every lookup walk it.
+        if (zhashx_size (self->entries) >= self->max_entries && now - self->purged_ms >= 1000) {
+            self->purged_ms = now;
             s_purge_stale (self, now);
+        }
         e = calloc (1, sizeof *e);
         if (!e)
             return KEY_UNAVAILABLE;

@@ -45,6 +45,7 @@ main (void)
         .max_body_bytes = (size_t) gw_env_int ("GW_MAX_BODY_BYTES", 4 * 1024 * 1024, 1024, 60 << 20),
         .idle_timeout_s = (int) gw_env_int ("GW_HTTP_IDLE_TIMEOUT_S", 300, 1, 86400),
         .admin_key = gw_env_str ("GW_ADMIN_KEY", NULL),
+        .currency = gw_env_str ("GW_CURRENCY", "CNY"),
     };
     const char *auth = gw_env_str ("GW_AUTH", "keys");
     if (strcmp (auth, "keys") && strcmp (auth, "none")) {
@@ -86,15 +87,17 @@ main (void)
         int64_t grace_ms = gw_env_int ("GW_SHUTDOWN_GRACE_MS", 10000, 0, 3600000);
         gw_loop_run_until (loop, s_drained, front, grace_ms);
     }
+    //  The front goes first: closing its connections cancels their jobs in the
+    //  pool. Then the pool, whose jobs still at dispatchers are released (with
+    //  their usage unknown: their reservations lapse) through the control client.
+    http_front_destroy (&front);
+    dispatcher_pool_destroy (&pool);
     //  Releases still unacknowledged get a moment to land; what does not lapses
     //  at accounting (the concurrency slot when this ingress stops saying it is alive).
     if (control && control_client_unacked (control))
         gw_loop_run_until (loop, s_released, control, 1000);
-    //  The front goes first: closing its connections cancels their jobs in the pool.
-    http_front_destroy (&front);
     key_cache_destroy (&keys);
     control_client_destroy (&control);
-    dispatcher_pool_destroy (&pool);
     gw_loop_destroy (&loop);
     zmq_ctx_term (zmq_ctx);
     gw_info ("main", "stopped");
