@@ -22,15 +22,17 @@ LIB_SRC := $(wildcard lib/*.c) $(wildcard proto/*.c)
 INGRESS_SRC := $(filter-out %/main.c,$(wildcard services/ingress/*.c))
 DISPATCHER_SRC := $(filter-out %/main.c,$(wildcard services/dispatcher/*.c))
 ACCOUNTING_SRC := $(filter-out %/main.c,$(wildcard services/accounting/*.c))
+ALERTER_SRC := $(filter-out %/main.c,$(wildcard services/alerter/*.c))
 MOCK_SRC := $(wildcard tools/mock-upstream/*.c)
 
 obj_of = $(patsubst %.c,$(OBJ)/%.o,$(1))
 
-PROGRAMS := $(BIN)/ingress $(BIN)/dispatcher $(BIN)/accounting $(BIN)/mock-upstream $(BIN)/usage-gen \
-  $(BIN)/gw-report $(BIN)/gw-keys $(BIN)/gw-selftest
+PROGRAMS := $(BIN)/ingress $(BIN)/dispatcher $(BIN)/accounting $(BIN)/alerter $(BIN)/mock-upstream $(BIN)/usage-gen \
+  $(BIN)/gw-report $(BIN)/gw-keys $(BIN)/gw-notify $(BIN)/gw-selftest
 
 DEB_PACKAGES := build-essential pkg-config libczmq-dev libzmq3-dev libmicrohttpd-dev \
-  libcurl4-openssl-dev libjansson-dev libmsgpack-dev libpq-dev libssl-dev postgresql python3 curl
+  libcurl4-openssl-dev libjansson-dev libmsgpack-dev libpq-dev libssl-dev postgresql python3 curl \
+  python3-aiosmtpd openssl
 
 .PHONY: all deps run test test-asan asan selftest fuzz bench-accounting clean
 all: $(PROGRAMS)
@@ -66,15 +68,27 @@ $(BIN)/gw-keys: $(call obj_of,tools/gw-keys/main.c $(LIB_SRC))
 
 $(OBJ)/tools/usage-gen/main.o: CFLAGS += -Iservices/dispatcher -Iservices/accounting
 
+$(BIN)/alerter: $(call obj_of,services/alerter/main.c $(ALERTER_SRC) $(LIB_SRC))
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BIN)/gw-notify: $(call obj_of,tools/gw-notify/main.c $(ALERTER_SRC) $(LIB_SRC))
+	@mkdir -p $(BIN)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(OBJ)/tools/gw-notify/main.o: CFLAGS += -Iservices/alerter
+
 $(BIN)/mock-upstream: $(call obj_of,$(MOCK_SRC))
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ -lmicrohttpd -ljansson -lpthread -lm
 
-$(BIN)/gw-selftest: $(call obj_of,tests/selftest.c $(INGRESS_SRC) $(DISPATCHER_SRC) $(ACCOUNTING_SRC) $(LIB_SRC))
+$(BIN)/gw-selftest: $(call obj_of,tests/selftest.c $(INGRESS_SRC) $(DISPATCHER_SRC) $(ACCOUNTING_SRC) $(ALERTER_SRC) \
+    $(LIB_SRC))
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(OBJ)/tests/selftest.o: CFLAGS += -Iservices/ingress -Iservices/dispatcher -Iservices/accounting
+$(OBJ)/tests/selftest.o: CFLAGS += -Iservices/ingress -Iservices/dispatcher -Iservices/accounting \
+  -Iservices/alerter
 
 # Installs only what is missing, so it is quick and quiet on a ready machine.
 deps:

@@ -52,7 +52,9 @@
     M (RELEASE_ACK, 20, release_ack, "accounting to ingress: these releases are durable") \
     M (INGRESS_ALIVE, 21, ingress_alive, "ingress to accounting: my admissions still run") \
     M (ADMIN_REQUEST, 22, admin_request, "ingress or tool to accounting: an admin API call") \
-    M (ADMIN_REPLY, 23, admin_reply, "accounting to the asker: the admin API answer")
+    M (ADMIN_REPLY, 23, admin_reply, "accounting to the asker: the admin API answer") \
+    M (ALERT_REQUEST, 24, alert_request, "alerter to accounting: lease, state, claim, outbox, delivery") \
+    M (ALERT_REPLY, 25, alert_reply, "accounting to the alerter: the answer as JSON")
 
 /*  F(TYPE, field, description) */
 #define GW_HELLO_FIELDS(F)                                                          \
@@ -180,6 +182,25 @@
     F (U64, correlation, "the request's correlation id")                          \
     F (U32, status, "HTTP status for the admin client")                           \
     F (BIN, body, "JSON answer, or an OpenAI-style error body")
+
+/*  The alerter's operations (op), each with a JSON body both ways; the shapes
+    are in docs/alerter.md and services/accounting/alert_store.c:
+      lease     {"alerter":id,"ttl_ms":n} -> {"leader":bool,"holder":id}
+      state     {"window_s":n} -> spend per key and overall, budgets, error window
+      claim     {"rule","subject","period","level","severity","title","text",
+                 "alert":{...},"channels":[...]} -> {"alert_id":n,"fresh":bool}
+      resolve   {"rule","subject"} -> {"resolved":[ids]}
+      outbox    {"limit":n} -> {"deliveries":[{"id","alert_id","channel",...}]}
+      delivered {"id":n,"ok":bool,"error":s,"retry_ms":n} -> {} */
+#define GW_ALERT_REQUEST_FIELDS(F)                                                  \
+    F (U64, correlation, "asker's id, echoed in the reply")                        \
+    F (STR, op, "lease, state, claim, resolve, outbox or delivered")               \
+    F (BIN, body, "the operation's JSON object")
+
+#define GW_ALERT_REPLY_FIELDS(F)                                                    \
+    F (U64, correlation, "the request's correlation id")                          \
+    F (U32, status, "200, 400 bad request, 503 database down")                     \
+    F (BIN, body, "the answer's JSON object, or an OpenAI-style error body")
 
 #define GW_USAGE_FIELDS(F)                                                          \
     F (STR, event_id, "unique: request_id.dispatch.attempt")                       \

@@ -1,11 +1,16 @@
 /*  selftest.c: runs every module selftest, or the ones named on the command line.
     Usage: gw-selftest [-v] [name ...]   Prints "N passed, N failed". */
 #include "admin_api.h"
+#include "alert_rules.h"
+#include "alert_store.h"
 #include "call_usage.h"
 #include "chat_request.h"
 #include "dispatcher_pool.h"
 #include "key_cache.h"
 #include "key_limits.h"
+#include "mail.h"
+#include "notifier.h"
+#include "webhook.h"
 #include "gw_apikey.h"
 #include "gw_env.h"
 #include "gw_error.h"
@@ -50,6 +55,11 @@ static const selftest_t s_tests[] = {
     { "usage_spool", usage_spool_test },
     { "key_limits", key_limits_test },
     { "admin_api", admin_api_test },
+    { "alert_store", alert_store_test },
+    { "alert_rules", alert_rules_test },
+    { "mail", mail_test },
+    { "webhook", webhook_test },
+    { "notifier", notifier_test },
 };
 
 int

@@ -1,6 +1,7 @@
 /*  control_service.c: keys, admissions, releases, admin and reports on their own thread. */
 #include "control_service.h"
 #include "admin_api.h"
+#include "alert_store.h"
 #include "gw_log.h"
 #include "gw_loop.h"
 #include "gw_proto.h"
@@ -334,6 +335,20 @@ s_admin (control_service_t *self, s_item_t *it)
 }
 
 static void
+s_alert (control_service_t *self, s_item_t *it)
+{
+    const gw_alert_request_t *req = &it->msg.alert_request;
+    uint32_t status = 500;
+    char *body = alert_store_handle (self->db, &self->config.policy, self->config.currency, req->op, req->body.data,
+                                     req->body.size, &status);
+    gw_msg_t reply = { .id = GW_MSG_ALERT_REPLY };
+    reply.alert_reply = (gw_alert_reply_t) { req->correlation, status,
+                                             { (uint8_t *) body, body ? strlen (body) : 0 } };
+    gw_msg_send (self->router, it->rid, it->rid_size, &reply);
+    free (body);
+}
+
+static void
 s_report (control_service_t *self, s_item_t *it)
 {
     uint32_t status = 500;
@@ -380,7 +395,9 @@ s_turn (control_service_t *self)
             continue;
         }
         int to = it->msg.id == GW_MSG_RELEASE || it->msg.id == GW_MSG_INGRESS_ALIVE       ? 0
-                 : it->msg.id == GW_MSG_REPORT_REQUEST || it->msg.id == GW_MSG_ADMIN_REQUEST ? 1
+                 : it->msg.id == GW_MSG_REPORT_REQUEST || it->msg.id == GW_MSG_ADMIN_REQUEST
+                           || it->msg.id == GW_MSG_ALERT_REQUEST
+                       ? 1
                                                                                            : -1;
         if (self->worker_kind == 0 && to >= 0) {
             //  Not answered when the pair is full: the asker sends it again or times out.
@@ -396,7 +413,8 @@ s_turn (control_service_t *self)
     //  Liveness first (it frees nothing but keeps slots), then lookups and
     //  admissions (clients wait on them), releases, admin calls, reports.
     static const gw_msg_id_t kinds[] = { GW_MSG_INGRESS_ALIVE, GW_MSG_KEY_LOOKUP,    GW_MSG_ADMIT,
-                                         GW_MSG_RELEASE,       GW_MSG_ADMIN_REQUEST, GW_MSG_REPORT_REQUEST };
+                                         GW_MSG_RELEASE,       GW_MSG_ADMIN_REQUEST, GW_MSG_REPORT_REQUEST,
+                                         GW_MSG_ALERT_REQUEST };
     for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
         size_t count = 0;
         for (size_t i = 0; i < n; i++)
@@ -417,6 +435,8 @@ s_turn (control_service_t *self)
                     s_lookup (self, it);
                 else if (kinds[k] == GW_MSG_ADMIN_REQUEST)
                     s_admin (self, it);
+                else if (kinds[k] == GW_MSG_ALERT_REQUEST)
+                    s_alert (self, it);
                 else
                     s_report (self, it);
             }

@@ -97,6 +97,28 @@ static const struct {
          "CREATE INDEX reservations_key_id ON reservations (key_id);"
          "CREATE INDEX reservations_expires_at ON reservations (expires_at);"
          "CREATE TABLE ingress_alive (ingress_id text PRIMARY KEY, seen_at timestamptz NOT NULL);" },
+    //  The alerter's record (docs/alerter.md): an alert is unique per rule,
+    //  subject, period and level; an episodic one has period 'open' until it
+    //  resolves. Each alert has one delivery per channel, pending until sent.
+    { 3, "CREATE TABLE alerts ("
+         "  id bigserial PRIMARY KEY,"
+         "  rule text NOT NULL, subject text NOT NULL, period text NOT NULL, level text NOT NULL,"
+         "  severity text NOT NULL, title text NOT NULL, body text NOT NULL, alert jsonb NOT NULL,"
+         "  fired_at timestamptz NOT NULL DEFAULT now(), resolved_at timestamptz,"
+         "  UNIQUE (rule, subject, period, level)"
+         ");"
+         "CREATE TABLE alert_deliveries ("
+         "  id bigserial PRIMARY KEY,"
+         "  alert_id bigint NOT NULL REFERENCES alerts (id),"
+         "  channel text NOT NULL,"
+         "  status text NOT NULL DEFAULT 'pending',"
+         "  attempts integer NOT NULL DEFAULT 0,"
+         "  next_at timestamptz NOT NULL DEFAULT now(),"
+         "  last_error text, sent_at timestamptz,"
+         "  UNIQUE (alert_id, channel)"
+         ");"
+         "CREATE INDEX alert_deliveries_due ON alert_deliveries (next_at) WHERE status = 'pending';"
+         "CREATE TABLE alerter_lease (name text PRIMARY KEY, holder text NOT NULL, until timestamptz NOT NULL);" },
 };
 
 /*  The functions admissions and releases call. Not a migration: they hold no

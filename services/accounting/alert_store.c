@@ -1,0 +1,393 @@
+/*  alert_store.c: the alerter's operations, as SQL on accounting's connection. */
+#include "alert_store.h"
+#include "gw_error.h"
+#include "gw_log.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define OUTBOX_MAX 100
+#define LEASE_TTL_MAX_MS 600000
+
+static char *
+s_error (uint32_t *status, uint32_t code, const char *message)
+{
+    *status = code;
+    return gw_error_json (code == 503 ? "api_error" : "invalid_request_error",
+                          code == 503 ? "accounting_unavailable" : "invalid_value", NULL, "%s", message);
+}
+
+static char *
+s_unavailable (uint32_t *status)
+{
+    return s_error (status, 503, "The database cannot be reached; try again.");
+}
+
+static char *
+s_answer (uint32_t *status, json_t *answer)
+{
+    *status = 200;
+    char *text = json_dumps (answer, JSON_COMPACT);
+    json_decref (answer);
+    return text;
+}
+
+static const char *
+s_str (json_t *o, const char *name)
+{
+    return json_string_value (json_object_get (o, name));
+}
+
+static int64_t
+s_cell (PGresult *res, int row, int col)
+{
+    return PQgetisnull (res, row, col) ? 0 : strtoll (PQgetvalue (res, row, col), NULL, 10);
+}
+
+/*  The limit a column holds once the service defaults apply (-1: none). */
+static int64_t
+s_effective (PGresult *res, int row, int col, int64_t dflt)
+{
+    int64_t value = PQgetisnull (res, row, col) ? KEY_LIMIT_DEFAULT : s_cell (res, row, col);
+    return key_limit_effective (value, dflt);
+}
+
+/* ---- lease ---- */
+
+static char *
+s_lease (usage_store_t *db, json_t *in, uint32_t *status)
+{
+    const char *alerter = s_str (in, "alerter");
+    json_int_t ttl = json_integer_value (json_object_get (in, "ttl_ms"));
+    if (!alerter || !*alerter || ttl < 100 || ttl > LEASE_TTL_MAX_MS)
+        return s_error (status, 400, "lease needs alerter (an id) and ttl_ms (100 to 600000)");
+    char ttl_text[24];
+    snprintf (ttl_text, sizeof ttl_text, "%lld", (long long) ttl);
+    const char *values[2] = { alerter, ttl_text };
+    //  Taken when free or lapsed, renewed by its holder, refused to anyone else.
+    PGresult *res = usage_store_exec (db,
+                                      "INSERT INTO alerter_lease (name, holder, until)"
+                                      " VALUES ('leader', $1, clock_timestamp() + make_interval(secs => $2::bigint / 1000.0))"
+                                      " ON CONFLICT (name) DO UPDATE SET holder = EXCLUDED.holder, until = EXCLUDED.until"
+                                      " WHERE alerter_lease.until < clock_timestamp()"
+                                      "  OR alerter_lease.holder = EXCLUDED.holder"
+                                      " RETURNING holder",
+                                      2, values);
+    if (!res)
+        return s_unavailable (status);
+    bool leader = PQntuples (res) == 1;
+    PQclear (res);
+    json_t *out = json_pack ("{s:b}", "leader", leader);
+    res = usage_store_exec (db, "SELECT holder FROM alerter_lease WHERE name = 'leader'", 0, NULL);
+    if (res && PQntuples (res) == 1)
+        json_object_set_new (out, "holder", json_string (PQgetvalue (res, 0, 0)));
+    PQclear (res);
+    return s_answer (status, out);
+}
+
+/* ---- state ---- */
+
+static const char *const s_periods[4] = { "day", "week", "month", "total" };
+
+static char *
+s_state (usage_store_t *db, const key_policy_t *policy, const char *currency, json_t *in, uint32_t *status)
+{
+    json_int_t window = json_integer_value (json_object_get (in, "window_s"));
+    if (window < 1 || window > 86400)
+        return s_error (status, 400, "state needs window_s (1 to 86400)");
+    //  The current UTC periods (the session's time zone is UTC).
+    PGresult *res = usage_store_exec (db,
+                                      "SELECT to_char(now(), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+                                      " to_char(date_trunc('day', now()), 'YYYY-MM-DD'),"
+                                      " to_char(date_trunc('week', now()), 'YYYY-MM-DD'),"
+                                      " to_char(date_trunc('month', now()), 'YYYY-MM')",
+                                      0, NULL);
+    if (!res)
+        return s_unavailable (status);
+    json_t *out = json_pack ("{s:s, s:s}", "now", PQgetvalue (res, 0, 0), "currency", currency);
+    const char *names[4] = { PQgetvalue (res, 0, 1), PQgetvalue (res, 0, 2), PQgetvalue (res, 0, 3), "all" };
+    json_t *period_names = json_object ();
+    for (int p = 0; p < 4; p++)
+        json_object_set_new (period_names, s_periods[p], json_string (names[p]));
+    json_object_set_new (out, "periods", period_names);
+    PQclear (res);
+
+    //  Each live key's spend in the current periods against its budgets.
+    res = usage_store_exec (db,
+                            "SELECT k.id, k.name, k.budget_day_pico, k.budget_week_pico, k.budget_month_pico,"
+                            " k.budget_total_pico,"
+                            " sum(s.cost_pico) FILTER (WHERE s.period = 'day' AND s.period_start = date_trunc('day', now())),"
+                            " sum(s.cost_pico) FILTER (WHERE s.period = 'week' AND s.period_start = date_trunc('week', now())),"
+                            " sum(s.cost_pico) FILTER (WHERE s.period = 'month' AND s.period_start = date_trunc('month', now())),"
+                            " sum(s.cost_pico) FILTER (WHERE s.period = 'total')"
+                            " FROM api_keys k LEFT JOIN key_spend s ON s.key_id = k.id AND s.period <> 'minute'"
+                            " WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())"
+                            " GROUP BY k.id ORDER BY k.id",
+                            0, NULL);
+    if (!res) {
+        json_decref (out);
+        return s_unavailable (status);
+    }
+    json_t *keys = json_array ();
+    for (int r = 0; r < PQntuples (res); r++) {
+        json_t *budgets = json_object ();
+        for (int p = 0; p < 4; p++) {
+            int64_t limit = s_effective (res, r, 2 + p, policy->defaults[KEY_BUDGET_DAY + p]);
+            if (limit < 0)
+                continue;
+            json_object_set_new (budgets, s_periods[p],
+                                 json_pack ("{s:I, s:I}", "limit_pico", (json_int_t) limit, "spent_pico",
+                                            (json_int_t) s_cell (res, r, 6 + p)));
+        }
+        if (json_object_size (budgets) == 0) {
+            json_decref (budgets);
+            continue;
+        }
+        json_array_append_new (keys, json_pack ("{s:I, s:s, s:o}", "id", (json_int_t) s_cell (res, r, 0), "name",
+                                                PQgetvalue (res, r, 1), "budgets", budgets));
+    }
+    json_object_set_new (out, "keys", keys);
+    PQclear (res);
+
+    //  Overall spend, every call (with a key or not), in this currency.
+    const char *values[2] = { currency, NULL };
+    res = usage_store_exec (db,
+                            "SELECT coalesce(sum(cost_pico) FILTER (WHERE started_at >= date_trunc('day', now())), 0),"
+                            " coalesce(sum(cost_pico) FILTER (WHERE started_at >= date_trunc('week', now())), 0),"
+                            " coalesce(sum(cost_pico) FILTER (WHERE started_at >= date_trunc('month', now())), 0)"
+                            " FROM usage_events WHERE currency = $1"
+                            " AND started_at >= least(date_trunc('week', now()), date_trunc('month', now()))",
+                            1, values);
+    if (!res) {
+        json_decref (out);
+        return s_unavailable (status);
+    }
+    int64_t day = s_cell (res, 0, 0), week = s_cell (res, 0, 1), month = s_cell (res, 0, 2);
+    PQclear (res);
+    json_object_set_new (out, "overall",
+                         json_pack ("{s:I, s:I, s:I}", "day", (json_int_t) day, "week", (json_int_t) week, "month",
+                                    (json_int_t) month));
+
+    //  Calls and errors of the window. An error is a call the provider failed:
+    //  no answer, 401/402 (key, balance), 429, or 5xx. A 400 is the client's.
+    char window_text[24];
+    snprintf (window_text, sizeof window_text, "%lld", (long long) window);
+    values[0] = window_text;
+    res = usage_store_exec (db,
+                            "SELECT count(*), count(*) FILTER (WHERE status = 0 OR status IN (401, 402, 429)"
+                            "  OR status >= 500),"
+                            " coalesce(percentile_disc(0.95) WITHIN GROUP (ORDER BY total_us), 0)"
+                            " FROM usage_events WHERE started_at > now() - make_interval(secs => $1::integer)",
+                            1, values);
+    if (!res) {
+        json_decref (out);
+        return s_unavailable (status);
+    }
+    json_object_set_new (out, "window",
+                         json_pack ("{s:I, s:I, s:I, s:I}", "seconds", (json_int_t) window, "calls",
+                                    (json_int_t) s_cell (res, 0, 0), "errors", (json_int_t) s_cell (res, 0, 1),
+                                    "p95_total_us", (json_int_t) s_cell (res, 0, 2)));
+    PQclear (res);
+    return s_answer (status, out);
+}
+
+/* ---- claim, resolve ---- */
+
+static char *
+s_claim (usage_store_t *db, json_t *in, uint32_t *status)
+{
+    const char *fields[7] = { "rule", "subject", "period", "level", "severity", "title", "text" };
+    const char *values[8];
+    for (int i = 0; i < 7; i++) {
+        values[i] = s_str (in, fields[i]);
+        if (!values[i] || (i < 6 && !*values[i])) {
+            char message[96];
+            snprintf (message, sizeof message, "claim needs %s (a non-empty string)", fields[i]);
+            return s_error (status, 400, message);
+        }
+    }
+    json_t *alert = json_object_get (in, "alert"), *channels = json_object_get (in, "channels");
+    if (!json_is_object (alert) || !json_is_array (channels))
+        return s_error (status, 400, "claim needs alert (an object) and channels (an array of names)");
+    char *alert_text = json_dumps (alert, JSON_COMPACT);
+    char *channels_text = json_dumps (channels, JSON_COMPACT);
+    values[7] = alert_text;
+    const char *params[9];
+    memcpy (params, values, sizeof values);
+    params[8] = channels_text;
+    //  One statement: the alert if it is new, and then its deliveries. An alert
+    //  that exists already (another alerter, an earlier turn) adds nothing.
+    PGresult *res = usage_store_exec (
+        db,
+        "WITH a AS (INSERT INTO alerts (rule, subject, period, level, severity, title, body, alert)"
+        "  VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
+        "  ON CONFLICT (rule, subject, period, level) DO NOTHING RETURNING id),"
+        " d AS (INSERT INTO alert_deliveries (alert_id, channel)"
+        "  SELECT a.id, c FROM a, jsonb_array_elements_text($9::jsonb) c RETURNING alert_id)"
+        " SELECT id, true FROM a"
+        " UNION ALL SELECT id, false FROM alerts"
+        "  WHERE rule = $1 AND subject = $2 AND period = $3 AND level = $4 AND NOT EXISTS (SELECT 1 FROM a)",
+        9, params);
+    free (alert_text);
+    free (channels_text);
+    if (!res)
+        return s_unavailable (status);
+    json_t *out = PQntuples (res) == 1
+                      ? json_pack ("{s:I, s:b}", "alert_id", (json_int_t) s_cell (res, 0, 0), "fresh",
+                                   strcmp (PQgetvalue (res, 0, 1), "t") == 0)
+                      : NULL;
+    PQclear (res);
+    if (!out)
+        return s_unavailable (status);  //  raced with a concurrent claim: try again
+    return s_answer (status, out);
+}
+
+static char *
+s_resolve (usage_store_t *db, json_t *in, uint32_t *status)
+{
+    const char *values[2] = { s_str (in, "rule"), s_str (in, "subject") };
+    if (!values[0] || !values[1])
+        return s_error (status, 400, "resolve needs rule and subject");
+    //  The open episode moves out of the way of the next one ("open" is unique).
+    PGresult *res = usage_store_exec (db,
+                                      "UPDATE alerts SET resolved_at = now(), period = 'resolved-' || id"
+                                      " WHERE rule = $1 AND subject = $2 AND period = 'open' RETURNING id",
+                                      2, values);
+    if (!res)
+        return s_unavailable (status);
+    json_t *ids = json_array ();
+    for (int r = 0; r < PQntuples (res); r++)
+        json_array_append_new (ids, json_integer (s_cell (res, r, 0)));
+    PQclear (res);
+    return s_answer (status, json_pack ("{s:o}", "resolved", ids));
+}
+
+/* ---- outbox, delivered ---- */
+
+static char *
+s_outbox (usage_store_t *db, json_t *in, uint32_t *status)
+{
+    json_int_t limit = json_integer_value (json_object_get (in, "limit"));
+    char limit_text[24];
+    snprintf (limit_text, sizeof limit_text, "%d", limit > 0 && limit <= OUTBOX_MAX ? (int) limit : OUTBOX_MAX);
+    const char *values[1] = { limit_text };
+    PGresult *res = usage_store_exec (db,
+                                      "SELECT d.id, d.alert_id, d.channel, d.attempts, a.rule, a.subject, a.period,"
+                                      " a.level, a.severity, a.title, a.body, a.alert::text"
+                                      " FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id"
+                                      " WHERE d.status = 'pending' AND d.next_at <= now() ORDER BY d.id LIMIT $1",
+                                      1, values);
+    if (!res)
+        return s_unavailable (status);
+    json_t *list = json_array ();
+    for (int r = 0; r < PQntuples (res); r++) {
+        json_t *alert = json_loads (PQgetvalue (res, r, 11), 0, NULL);
+        json_array_append_new (
+            list, json_pack ("{s:I, s:I, s:s, s:I, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "id",
+                             (json_int_t) s_cell (res, r, 0), "alert_id", (json_int_t) s_cell (res, r, 1), "channel",
+                             PQgetvalue (res, r, 2), "attempts", (json_int_t) s_cell (res, r, 3), "rule",
+                             PQgetvalue (res, r, 4), "subject", PQgetvalue (res, r, 5), "period", PQgetvalue (res, r, 6),
+                             "level", PQgetvalue (res, r, 7), "severity", PQgetvalue (res, r, 8), "title",
+                             PQgetvalue (res, r, 9), "text", PQgetvalue (res, r, 10), "alert",
+                             alert ? alert : json_object ()));
+    }
+    PQclear (res);
+    return s_answer (status, json_pack ("{s:o}", "deliveries", list));
+}
+
+static char *
+s_delivered (usage_store_t *db, json_t *in, uint32_t *status)
+{
+    json_int_t id = json_integer_value (json_object_get (in, "id"));
+    json_t *ok = json_object_get (in, "ok");
+    if (id <= 0 || !json_is_boolean (ok))
+        return s_error (status, 400, "delivered needs id and ok");
+    char id_text[24], retry_text[24];
+    snprintf (id_text, sizeof id_text, "%lld", (long long) id);
+    json_int_t retry = json_integer_value (json_object_get (in, "retry_ms"));
+    snprintf (retry_text, sizeof retry_text, "%lld", (long long) (retry > 0 ? retry : 1000));
+    const char *error = s_str (in, "error");
+    const char *values[3] = { id_text, retry_text, error ? error : "" };
+    PGresult *res = json_is_true (ok)
+                        ? usage_store_exec (db,
+                                            "UPDATE alert_deliveries SET status = 'sent', sent_at = now(),"
+                                            " attempts = attempts + 1, last_error = NULL"
+                                            " WHERE id = $1 AND status = 'pending'",
+                                            1, values)
+                        : usage_store_exec (db,
+                                            "UPDATE alert_deliveries SET attempts = attempts + 1, last_error = $3,"
+                                            " next_at = now() + make_interval(secs => $2::bigint / 1000.0)"
+                                            " WHERE id = $1 AND status = 'pending'",
+                                            3, values);
+    if (!res)
+        return s_unavailable (status);
+    PQclear (res);
+    return s_answer (status, json_object ());
+}
+
+char *
+alert_store_handle (usage_store_t *db, const key_policy_t *policy, const char *currency, const char *op,
+                    const void *body, size_t size, uint32_t *status)
+{
+    json_error_t jerr;
+    json_t *in = size ? json_loadb (body, size, 0, &jerr) : json_object ();
+    if (!json_is_object (in)) {
+        json_decref (in);
+        return s_error (status, 400, "The body must be a JSON object.");
+    }
+    char *answer;
+    if (strcmp (op, "lease") == 0)
+        answer = s_lease (db, in, status);
+    else if (strcmp (op, "state") == 0)
+        answer = s_state (db, policy, currency, in, status);
+    else if (strcmp (op, "claim") == 0)
+        answer = s_claim (db, in, status);
+    else if (strcmp (op, "resolve") == 0)
+        answer = s_resolve (db, in, status);
+    else if (strcmp (op, "outbox") == 0)
+        answer = s_outbox (db, in, status);
+    else if (strcmp (op, "delivered") == 0)
+        answer = s_delivered (db, in, status);
+    else {
+        *status = 404;
+        answer = gw_error_json ("invalid_request_error", "unknown_operation", "op", "Unknown alerter operation: %s",
+                                op);
+    }
+    json_decref (in);
+    return answer;
+}
+
+void
+alert_store_test (bool verbose)
+{
+    if (verbose)
+        printf (" * alert_store: ");
+    //  Everything that needs no database: input checks answer 400 before any
+    //  statement runs (the store is not connected, so a statement would 503).
+    usage_store_t *db = usage_store_new ("host=127.0.0.1 port=1 connect_timeout=1", "CNY");
+    key_policy_t policy = { 0 };
+    uint32_t status = 0;
+    char *a = alert_store_handle (db, &policy, "CNY", "nope", "{}", 2, &status);
+    assert (status == 404 && strstr (a, "unknown_operation"));
+    free (a);
+    a = alert_store_handle (db, &policy, "CNY", "claim", "[1]", 3, &status);
+    assert (status == 400);
+    free (a);
+    a = alert_store_handle (db, &policy, "CNY", "claim", "{\"rule\":\"r\"}", 12, &status);
+    assert (status == 400 && strstr (a, "subject"));
+    free (a);
+    a = alert_store_handle (db, &policy, "CNY", "lease", "{\"alerter\":\"x\",\"ttl_ms\":5}", 26, &status);
+    assert (status == 400);
+    free (a);
+    a = alert_store_handle (db, &policy, "CNY", "state", "{\"window_s\":300}", 16, &status);
+    assert (status == 503);
+    free (a);
+    usage_store_destroy (&db);
+    if (verbose)
+        printf ("OK\n");
+}

@@ -1,0 +1,299 @@
+/*  alert_rules.c: budget, spend and error-rate rules over accounting's state. */
+#include "alert_rules.h"
+#include "gw_env.h"
+#include "gw_log.h"
+
+#include <assert.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const s_periods[4] = { "day", "week", "month", "total" };
+static const char *const s_period_words[4] = { "Daily", "Weekly", "Monthly", "Lifetime" };
+
+/*  An exact decimal of pico-units with 2 to 6 decimals ("81.20", "0.000123"). */
+static void
+s_money (int64_t pico, char *out, size_t size)
+{
+    bool negative = pico < 0;
+    uint64_t v = negative ? (uint64_t) 0 - (uint64_t) pico : (uint64_t) pico;
+    uint64_t micro = (v + 500000) / 1000000;  //  rounded to 1e-6
+    char frac[7];
+    snprintf (frac, sizeof frac, "%06" PRIu64, micro % 1000000);
+    int keep = 6;
+    while (keep > 2 && frac[keep - 1] == '0')
+        keep--;
+    snprintf (out, size, "%s%" PRIu64 ".%.*s", negative ? "-" : "", micro / 1000000, keep, frac);
+}
+
+/*  "80%", "100%", "92.5%". */
+static void
+s_percent (double fraction, char *out, size_t size)
+{
+    double p = fraction * 100;
+    if (fabs (p - round (p)) < 1e-9)
+        snprintf (out, size, "%.0f%%", p);
+    else
+        snprintf (out, size, "%.1f%%", p);
+}
+
+static int
+s_parse_levels (const char *text, alert_rules_config_t *config)
+{
+    config->nlevels = 0;
+    char *copy = strdup (text), *save = NULL;
+    int rc = 0;
+    for (char *tok = strtok_r (copy, ",", &save); tok && rc == 0; tok = strtok_r (NULL, ",", &save)) {
+        char *end;
+        double v = strtod (tok, &end);
+        if (*end || !(v > 0) || v > 10 || config->nlevels == ALERT_LEVELS_MAX
+            || (config->nlevels && v <= config->budget_levels[config->nlevels - 1]))
+            rc = -1;
+        else
+            config->budget_levels[config->nlevels++] = v;
+    }
+    free (copy);
+    return rc == 0 && config->nlevels > 0 ? 0 : -1;
+}
+
+/*  A decimal amount of the currency in pico-units; -1 when unset or empty. */
+static int
+s_parse_money (const char *name, int64_t *out)
+{
+    const char *text = gw_env_str (name, NULL);
+    *out = -1;
+    if (!text || !*text)
+        return 0;
+    char *end;
+    double v = strtod (text, &end);
+    if (*end || !(v >= 0) || v > 9e6) {
+        gw_error ("rules", "invalid amount name=%s value=%s", name, text);
+        return -1;
+    }
+    *out = (int64_t) llround (v * 1e12);
+    return 0;
+}
+
+int
+alert_rules_config_from_env (alert_rules_config_t *config)
+{
+    memset (config, 0, sizeof *config);
+    const char *levels = gw_env_str ("GW_ALERT_BUDGET_LEVELS", "0.8,1");
+    if (s_parse_levels (levels, config)) {
+        gw_error ("rules", "GW_ALERT_BUDGET_LEVELS must be ascending fractions like 0.8,1 value=%s", levels);
+        return -1;
+    }
+    const char *names[3] = { "GW_ALERT_SPEND_LIMIT_DAY", "GW_ALERT_SPEND_LIMIT_WEEK", "GW_ALERT_SPEND_LIMIT_MONTH" };
+    for (int i = 0; i < 3; i++)
+        if (s_parse_money (names[i], &config->spend_limit_pico[i]))
+            return -1;
+    const char *rate = gw_env_str ("GW_ALERT_ERROR_RATE", "0.05");
+    char *end;
+    config->error_rate = strtod (rate, &end);
+    if (*end || !(config->error_rate > 0) || config->error_rate > 1) {
+        gw_error ("rules", "GW_ALERT_ERROR_RATE must be a fraction in (0, 1] value=%s", rate);
+        return -1;
+    }
+    config->error_min_calls = gw_env_int ("GW_ALERT_ERROR_MIN_CALLS", 20, 1, 1000000000);
+    config->error_window_s = (int) gw_env_int ("GW_ALERT_ERROR_WINDOW_S", 300, 10, 86400);
+    return 0;
+}
+
+static void
+s_claim (json_t *claims, const char *rule, const char *subject, const char *period, double level,
+         const char *title, const char *text, json_t *alert)
+{
+    char level_text[16];
+    s_percent (level, level_text, sizeof level_text);
+    const char *severity = level >= 1 ? "critical" : "warning";
+    char full_title[512];
+    snprintf (full_title, sizeof full_title, "[%s] %s", severity, title);
+    json_object_set_new (alert, "rule", json_string (rule));
+    json_object_set_new (alert, "subject", json_string (subject));
+    json_object_set_new (alert, "period", json_string (period));
+    json_object_set_new (alert, "level", json_string (level_text));
+    json_object_set_new (alert, "severity", json_string (severity));
+    json_array_append_new (claims, json_pack ("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:o}", "rule", rule, "subject",
+                                              subject, "period", period, "level", level_text, "severity", severity,
+                                              "title", full_title, "text", text, "alert", alert));
+}
+
+/*  One budget or spend against its limit: a claim for each level crossed. */
+static void
+s_budget (const alert_rules_config_t *config, json_t *claims, const char *rule, const char *subject,
+          const char *who, const char *period_word, const char *period, const char *currency, int64_t limit,
+          int64_t spent)
+{
+    if (limit < 0)
+        return;
+    for (int i = 0; i < config->nlevels; i++) {
+        double level = config->budget_levels[i];
+        //  Exact for money: the level in parts per million, compared in 128 bits
+        //  (0.8 is not exact in binary: 80.00 of 100.00 must still reach 80%).
+        __int128 level_ppm = (__int128) llround (level * 1e6);
+        if ((__int128) spent * 1000000 < (__int128) limit * level_ppm)
+            continue;
+        char used[32], cap[32], pct[16], title[384], text[1024];
+        s_money (spent, used, sizeof used);
+        s_money (limit, cap, sizeof cap);
+        s_percent (level, pct, sizeof pct);
+        double share = limit > 0 ? (double) spent / (double) limit : 1;
+        snprintf (title, sizeof title, "%s budget %s used: %s (%s %s of %s)", period_word, pct, who, currency, used,
+                  cap);
+        snprintf (text, sizeof text,
+                  "%s\n\n%s spend in period %s: %s %s of a %s %s budget (%.1f%%).\n"
+                  "This alert is sent once per period and level; the next one at the next level or period.\n",
+                  title, who, period, currency, used, currency, cap, share * 100);
+        json_t *alert = json_pack ("{s:s, s:s, s:s, s:s, s:f}", "currency", currency, "spent", used, "limit", cap,
+                                   "who", who, "share", share);
+        s_claim (claims, rule, subject, period, level, title, text, alert);
+    }
+}
+
+json_t *
+alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
+{
+    json_t *claims = json_array (), *resolves = json_array ();
+    const char *currency = json_string_value (json_object_get (state, "currency"));
+    if (!currency)
+        currency = "";
+    json_t *periods = json_object_get (state, "periods");
+    size_t i;
+    json_t *key;
+    json_array_foreach (json_object_get (state, "keys"), i, key) {
+        char subject[48], who[256];
+        snprintf (subject, sizeof subject, "key:%" JSON_INTEGER_FORMAT, json_integer_value (json_object_get (key, "id")));
+        snprintf (who, sizeof who, "key %s (id %" JSON_INTEGER_FORMAT ")",
+                  json_string_value (json_object_get (key, "name")) ?: "",
+                  json_integer_value (json_object_get (key, "id")));
+        for (int p = 0; p < 4; p++) {
+            json_t *b = json_object_get (json_object_get (key, "budgets"), s_periods[p]);
+            if (!b)
+                continue;
+            char rule[32];
+            snprintf (rule, sizeof rule, "budget_%s", s_periods[p]);
+            const char *period = json_string_value (json_object_get (periods, s_periods[p]));
+            s_budget (config, claims, rule, subject, who, s_period_words[p], period ? period : "?", currency,
+                      json_integer_value (json_object_get (b, "limit_pico")),
+                      json_integer_value (json_object_get (b, "spent_pico")));
+        }
+    }
+    json_t *overall = json_object_get (state, "overall");
+    for (int p = 0; p < 3; p++) {
+        char rule[32];
+        snprintf (rule, sizeof rule, "spend_%s", s_periods[p]);
+        const char *period = json_string_value (json_object_get (periods, s_periods[p]));
+        s_budget (config, claims, rule, "all", "all keys", s_period_words[p], period ? period : "?", currency,
+                  config->spend_limit_pico[p], json_integer_value (json_object_get (overall, s_periods[p])));
+    }
+    json_t *window = json_object_get (state, "window");
+    json_int_t calls = json_integer_value (json_object_get (window, "calls"));
+    json_int_t errors = json_integer_value (json_object_get (window, "errors"));
+    json_int_t seconds = json_integer_value (json_object_get (window, "seconds"));
+    double rate = calls ? (double) errors / (double) calls : 0;
+    if (calls >= config->error_min_calls && rate > config->error_rate) {
+        char pct[16], limit[16], title[256], text[768];
+        s_percent (rate, pct, sizeof pct);
+        s_percent (config->error_rate, limit, sizeof limit);
+        snprintf (title, sizeof title, "Upstream error rate %s over %" JSON_INTEGER_FORMAT " s (%" JSON_INTEGER_FORMAT
+                  " of %" JSON_INTEGER_FORMAT " calls; threshold %s)",
+                  pct, seconds, errors, calls, limit);
+        snprintf (text, sizeof text,
+                  "%s\n\nFailed calls (no answer, 401, 402, 429, 5xx) over the last %" JSON_INTEGER_FORMAT
+                  " s: %" JSON_INTEGER_FORMAT " of %" JSON_INTEGER_FORMAT
+                  ". See docs/operations.md, \"Alerts\", for what to check.\n"
+                  "A notice follows when the rate is back under the threshold.\n",
+                  title, seconds, errors, calls);
+        json_t *alert = json_pack ("{s:I, s:I, s:I, s:f, s:f}", "calls", calls, "errors", errors, "window_s",
+                                   seconds, "rate", rate, "threshold", config->error_rate);
+        //  Critical, whatever the fraction: the service is failing its users.
+        s_claim (claims, "error_rate", "all", "open", 1, title, text, alert);
+    }
+    else if (calls < config->error_min_calls || rate <= config->error_rate)
+        json_array_append_new (resolves, json_pack ("{s:s, s:s}", "rule", "error_rate", "subject", "all"));
+    return json_pack ("{s:o, s:o}", "claims", claims, "resolves", resolves);
+}
+
+/* ---- selftest ---- */
+
+static json_t *
+s_state (int64_t limit, int64_t spent, int64_t calls, int64_t errors)
+{
+    return json_pack ("{s:s, s:{s:s, s:s, s:s, s:s}, s:[{s:i, s:s, s:{s:{s:I, s:I}}}], s:{s:I, s:I, s:I},"
+                      " s:{s:I, s:I, s:I}}",
+                      "currency", "CNY", "periods", "day", "2026-11-27", "week", "2026-11-23", "month", "2026-11",
+                      "total", "all", "keys", "id", 3, "name", "web", "budgets", "day", "limit_pico", (json_int_t) limit,
+                      "spent_pico", (json_int_t) spent, "overall", "day", (json_int_t) spent, "week", (json_int_t) spent,
+                      "month", (json_int_t) spent, "window", "seconds", (json_int_t) 300, "calls", (json_int_t) calls,
+                      "errors", (json_int_t) errors);
+}
+
+void
+alert_rules_test (bool verbose)
+{
+    if (verbose)
+        printf (" * alert_rules: ");
+    alert_rules_config_t config = { .budget_levels = { 0.8, 1 }, .nlevels = 2, .spend_limit_pico = { -1, -1, -1 },
+                                    .error_rate = 0.05, .error_min_calls = 20, .error_window_s = 300 };
+    const int64_t yuan = 1000000000000LL;
+    //  79.99 of 100: nothing; 80 exactly: the 80% claim; 100.02: both.
+    json_t *out = alert_rules_evaluate (&config, s_state (100 * yuan, 7999 * yuan / 100, 0, 0));
+    assert (json_array_size (json_object_get (out, "claims")) == 0);
+    json_decref (out);
+    out = alert_rules_evaluate (&config, s_state (100 * yuan, 80 * yuan, 0, 0));
+    json_t *claims = json_object_get (out, "claims");
+    assert (json_array_size (claims) == 1);
+    json_t *c = json_array_get (claims, 0);
+    assert (strcmp (json_string_value (json_object_get (c, "rule")), "budget_day") == 0);
+    assert (strcmp (json_string_value (json_object_get (c, "subject")), "key:3") == 0);
+    assert (strcmp (json_string_value (json_object_get (c, "period")), "2026-11-27") == 0);
+    assert (strcmp (json_string_value (json_object_get (c, "level")), "80%") == 0);
+    assert (strcmp (json_string_value (json_object_get (c, "severity")), "warning") == 0);
+    assert (strstr (json_string_value (json_object_get (c, "title")), "CNY 80.00 of 100.00"));
+    json_decref (out);
+    out = alert_rules_evaluate (&config, s_state (100 * yuan, 10002 * yuan / 100, 0, 0));
+    claims = json_object_get (out, "claims");
+    assert (json_array_size (claims) == 2);
+    c = json_array_get (claims, 1);
+    assert (strcmp (json_string_value (json_object_get (c, "level")), "100%") == 0);
+    assert (strcmp (json_string_value (json_object_get (c, "severity")), "critical") == 0);
+    assert (strstr (json_string_value (json_object_get (c, "title")), "CNY 100.02 of 100.00"));
+    json_decref (out);
+    //  Overall spend limit.
+    config.spend_limit_pico[0] = 50 * yuan;
+    out = alert_rules_evaluate (&config, s_state (-1, 60 * yuan, 0, 0));
+    claims = json_object_get (out, "claims");
+    assert (json_array_size (claims) == 2);  //  80% and 100% of the overall daily 50
+    assert (strcmp (json_string_value (json_object_get (json_array_get (claims, 0), "rule")), "spend_day") == 0);
+    json_decref (out);
+    config.spend_limit_pico[0] = -1;
+    //  Error rate: 10% of 100 calls alerts; 1 of 3 does not (too few); 4% resolves.
+    out = alert_rules_evaluate (&config, s_state (-1, 0, 100, 10));
+    claims = json_object_get (out, "claims");
+    assert (json_array_size (claims) == 1);
+    c = json_array_get (claims, 0);
+    assert (strcmp (json_string_value (json_object_get (c, "rule")), "error_rate") == 0);
+    assert (strcmp (json_string_value (json_object_get (c, "period")), "open") == 0);
+    assert (json_array_size (json_object_get (out, "resolves")) == 0);
+    json_decref (out);
+    out = alert_rules_evaluate (&config, s_state (-1, 0, 3, 1));
+    assert (json_array_size (json_object_get (out, "claims")) == 0);
+    assert (json_array_size (json_object_get (out, "resolves")) == 1);
+    json_decref (out);
+    out = alert_rules_evaluate (&config, s_state (-1, 0, 100, 4));
+    assert (json_array_size (json_object_get (out, "claims")) == 0);
+    json_decref (out);
+    //  Levels from the environment.
+    assert (s_parse_levels ("0.5,0.9,1", &config) == 0 && config.nlevels == 3);
+    assert (s_parse_levels ("0.9,0.5", &config) == -1);
+    assert (s_parse_levels ("x", &config) == -1);
+    char money[32];
+    s_money (81200000000000LL, money, sizeof money);
+    assert (strcmp (money, "81.20") == 0);
+    s_money (123000000, money, sizeof money);
+    assert (strcmp (money, "0.000123") == 0);
+    if (verbose)
+        printf ("OK\n");
+}

@@ -1,0 +1,49 @@
+/*  alert_rules.h: from accounting's figures to alerts, as a pure function.
+
+    The rules read the "state" answer (docs/alerter.md) and say what should be
+    claimed and what resolved. They keep nothing between evaluations: whether
+    an alert was already sent is accounting's to know (claims are unique per
+    rule, subject, period and level), so every alerter, restarted or not,
+    evaluates the same figures to the same claims.
+
+    Rules:
+      budget_<period>  a key's spend in the current UTC day, week, month or in
+                       total crossing each fraction of its effective budget
+                       (GW_ALERT_BUDGET_LEVELS, default 0.8,1); periodic: once
+                       per key, period and level
+      spend_<period>   the same for the overall spend against
+                       GW_ALERT_SPEND_LIMIT_DAY / _WEEK / _MONTH (unset: none)
+      error_rate       failed upstream calls over the window above
+                       GW_ALERT_ERROR_RATE (default 0.05), with at least
+                       GW_ALERT_ERROR_MIN_CALLS calls (default 20); episodic:
+                       open until the rate is back under, then resolved
+*/
+#ifndef ALERT_RULES_H_INCLUDED
+#define ALERT_RULES_H_INCLUDED
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define ALERT_LEVELS_MAX 8
+
+typedef struct {
+    double budget_levels[ALERT_LEVELS_MAX];  //  ascending fractions, e.g. 0.8, 1
+    int nlevels;
+    int64_t spend_limit_pico[3];  //  overall day, week, month; -1: none
+    double error_rate;  //  fraction of failed calls that alerts
+    int64_t error_min_calls;  //  fewer calls in the window never alert
+    int error_window_s;
+} alert_rules_config_t;
+
+/*  Reads the configuration from the environment. Returns 0, or -1 (logged) on
+    a malformed value. */
+int alert_rules_config_from_env (alert_rules_config_t *config);
+
+/*  Evaluates state. Returns {"claims":[{rule, subject, period, level, severity,
+    title, text, alert}], "resolves":[{rule, subject}]} (new reference). */
+json_t *alert_rules_evaluate (const alert_rules_config_t *config, json_t *state);
+
+void alert_rules_test (bool verbose);
+
+#endif

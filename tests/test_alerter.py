@@ -1,0 +1,256 @@
+"""The alerter (docs/alerter.md) against a real SMTP server on loopback.
+
+Each test starts a KeyStack (tests/test_keys.py: private PostgreSQL, accounting,
+mock upstream, dispatcher, two ingresses with keys) and one or two bin/alerter
+processes evaluating every 200 ms, and an aiosmtpd server in this process that
+keeps every message it receives. Traffic is real chat requests through the
+gateway, so the spend the rules read is the stored usage.
+
+Cost of one request used here (V3.2 CNY, prices/prices.csv): the mock counts the
+prompt "spend" as 4 + ceil(5 / 4) = 6 cache-miss tokens and answers max_tokens = 16
+output tokens: ONE below, 0.00006 CNY.
+"""
+
+import email
+import email.policy
+import os
+import sys
+import threading
+import time
+import warnings
+
+import harness
+from test_gateway import BIN, kill9, wait_for
+from test_keys import KeyStack, decimal_of
+
+warnings.filterwarnings("ignore", module="aiosmtpd")
+try:
+    from aiosmtpd.controller import Controller
+except ImportError:
+    # Debian's python3-aiosmtpd, when python3 is another interpreter (pyenv)
+    sys.path.append("/usr/lib/python3/dist-packages")
+    from aiosmtpd.controller import Controller
+
+# One request "spend" with max_tokens 16: 6 cache-miss tokens x 2 CNY/M + 16 x 3 CNY/M.
+ONE = 6 * 2_000_000 + 16 * 3_000_000  # pico-CNY
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps every message."""
+
+    def __init__(self):
+        self.messages = []
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):
+        with self.lock:
+            self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+    def subjects(self):
+        with self.lock:
+            return [str(m["Subject"]) for m in self.messages]
+
+
+def start_smtp(port=None):
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port or harness.free_port())
+    controller.start()
+    return controller, inbox
+
+
+def start_alerter(ks, smtp_port, extra=None):
+    env = {"GW_CONTROL_ENDPOINTS": ",".join(ks.control_eps), "GW_ALERT_INTERVAL_MS": "200",
+           "GW_ALERT_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}", "GW_ALERT_SMTP_TLS": "none",
+           "GW_ALERT_EMAIL_TO": "ops@example.com,cfo@example.com", "GW_ALERT_EMAIL_FROM": "gateway@example.com",
+           "GW_ALERT_RETRY_BASE_MS": "200", "GW_ALERT_RETRY_MAX_MS": "1000", "GW_LOG_LEVEL": "info"}
+    env.update(extra or {})
+    return harness.start("alerter", [os.path.join(BIN, "alerter")], env)
+
+
+def spend(ks, key, n):
+    for i in range(n):
+        st, _, raw = ks.chat(key, "spend", max_tokens=16)
+        assert st == 200, (st, raw)
+
+
+def wait_spent(ks, pico):
+    wait_for(lambda: int(ks.sql("SELECT coalesce(sum(cost_pico), 0) FROM usage_events") or 0) >= pico, 15,
+             f"{pico} pico-CNY of usage stored")
+
+
+def settle(seconds=1.5):
+    """Several evaluation cycles (200 ms each), for what must NOT happen."""
+    time.sleep(seconds)
+
+
+def test_daily_spend_80_then_100_percent_exactly_two_emails():
+    controller, inbox = start_smtp()
+    with KeyStack(accountings=1) as ks:
+        key = ks.create_key("spender")["key"]
+        # the overall daily limit is 10 requests' cost: 8 requests cross 80%, 10 cross 100%
+        limit = decimal_of(10 * ONE)
+        alerter = start_alerter(ks, controller.port, {"GW_ALERT_SPEND_LIMIT_DAY": f"{limit:.6f}"})
+        try:
+            spend(ks, key, 7)
+            wait_spent(ks, 7 * ONE)
+            settle()
+            assert inbox.subjects() == [], inbox.subjects()
+            spend(ks, key, 1)
+            wait_spent(ks, 8 * ONE)
+            wait_for(lambda: len(inbox.messages) >= 1, 10, "the 80% email")
+            settle()
+            assert len(inbox.messages) == 1, inbox.subjects()
+            first = inbox.messages[0]
+            assert "80%" in str(first["Subject"]) and "[warning]" in str(first["Subject"]), first["Subject"]
+            # the figures: 8 requests' cost of the 10 the limit allows, in CNY
+            assert f"(CNY {decimal_of(8 * ONE).normalize()} of {limit.normalize()})" in str(first["Subject"]), \
+                first["Subject"]
+            assert sorted(a.strip() for a in str(first["To"]).split(",")) == ["cfo@example.com", "ops@example.com"]
+            text = first.get_body(("plain",)).get_content()
+            assert "all keys" in text and "CNY" in text, text
+            assert first.get_body(("html",)) is not None
+            spend(ks, key, 2)
+            wait_spent(ks, 10 * ONE)
+            wait_for(lambda: len(inbox.messages) >= 2, 10, "the 100% email")
+            second = inbox.messages[1]
+            assert "100%" in str(second["Subject"]) and "[critical]" in str(second["Subject"]), second["Subject"]
+            # continued traffic: no more emails
+            spend(ks, key, 5)
+            wait_spent(ks, 15 * ONE)
+            settle()
+            assert len(inbox.messages) == 2, inbox.subjects()
+            assert ks.sql("SELECT count(*) FROM alerts") == "2"
+            # one channel (email): one delivery per alert, each sent
+            assert ks.sql("SELECT count(*) FROM alert_deliveries WHERE status = 'sent'") == "2"
+        finally:
+            alerter.stop()
+            controller.stop()
+
+
+def test_alerter_killed_between_crossings_no_duplicate_no_miss():
+    controller, inbox = start_smtp()
+    with KeyStack(accountings=1) as ks:
+        key = ks.create_key("spender")["key"]
+        env = {"GW_ALERT_SPEND_LIMIT_DAY": f"{decimal_of(10 * ONE):.6f}", "GW_ALERT_LEASE_MS": "600"}
+        alerter = start_alerter(ks, controller.port, env)
+        try:
+            spend(ks, key, 8)
+            wait_spent(ks, 8 * ONE)
+            wait_for(lambda: len(inbox.messages) >= 1, 10, "the 80% email")
+            kill9(alerter)
+            # the 100% crossing happens while no alerter runs
+            spend(ks, key, 3)
+            wait_spent(ks, 11 * ONE)
+            settle(0.5)
+            assert len(inbox.messages) == 1
+            alerter = start_alerter(ks, controller.port, env)
+            wait_for(lambda: len(inbox.messages) >= 2, 10, "the 100% email after the restart")
+            settle()
+            subjects = inbox.subjects()
+            assert len(subjects) == 2 and "80%" in subjects[0] and "100%" in subjects[1], subjects
+        finally:
+            alerter.stop()
+            controller.stop()
+
+
+def test_smtp_down_then_back_delivers_once():
+    port = harness.free_port()
+    with KeyStack(accountings=1) as ks:
+        key = ks.create_key("spender")["key"]
+        alerter = start_alerter(ks, port, {"GW_ALERT_SPEND_LIMIT_DAY": f"{decimal_of(10 * ONE):.6f}"})
+        controller = None
+        try:
+            spend(ks, key, 8)
+            wait_spent(ks, 8 * ONE)
+            # the alert fires while nothing listens: attempts fail and are retried
+            wait_for(lambda: int(ks.sql("SELECT coalesce(max(attempts), 0) FROM alert_deliveries")) >= 2, 15,
+                     "failed delivery attempts")
+            assert ks.sql("SELECT status FROM alert_deliveries") == "pending"
+            controller, inbox = start_smtp(port)
+            wait_for(lambda: len(inbox.messages) >= 1, 15, "the email once SMTP is back")
+            settle()
+            assert len(inbox.messages) == 1, inbox.subjects()
+            assert ks.sql("SELECT status FROM alert_deliveries") == "sent"
+        finally:
+            alerter.stop()
+            if controller:
+                controller.stop()
+
+
+def test_error_rate_trips_once_and_needs_enough_calls():
+    controller, inbox = start_smtp()
+    # no retries: each failing request is one failed upstream call
+    with KeyStack(accountings=1, dispatcher_env={"GW_RETRY_MAX": "0"}) as ks:
+        key = ks.create_key("caller")["key"]
+        alerter = start_alerter(ks, controller.port, {"GW_ALERT_RESOLVED_NOTICE": "0"})
+        try:
+            # 1 failure in 3 requests: below the minimum number of calls, no alert
+            for i in range(3):
+                content = "fail [[mock status=500]]" if i == 0 else "fine"
+                ks.chat(key, content, max_tokens=8)
+            wait_for(lambda: ks.sql("SELECT count(*) FROM usage_events") == "3", 10, "3 calls stored")
+            settle()
+            assert inbox.subjects() == [], inbox.subjects()
+            # 10% of 60 more calls fail: over 5% with enough calls, one alert
+            for i in range(60):
+                content = f"fail {i} [[mock status=500]]" if i % 10 == 0 else f"fine {i}"
+                st, _, raw = ks.chat(key, content, max_tokens=8)
+                assert st == (500 if i % 10 == 0 else 200), (i, st, raw)
+            wait_for(lambda: ks.sql("SELECT count(*) FROM usage_events") == "63", 10, "63 calls stored")
+            wait_for(lambda: len(inbox.messages) >= 1, 10, "the error-rate email")
+            settle()
+            subjects = inbox.subjects()
+            assert len(subjects) == 1 and "error rate" in subjects[0].lower(), subjects
+            assert ks.sql("SELECT count(*) FROM alerts WHERE rule = 'error_rate'") == "1"
+        finally:
+            alerter.stop()
+            controller.stop()
+
+
+def test_two_alerters_one_sends():
+    controller, inbox = start_smtp()
+    with KeyStack(accountings=1) as ks:
+        key = ks.create_key("spender")["key"]
+        env = {"GW_ALERT_SPEND_LIMIT_DAY": f"{decimal_of(10 * ONE):.6f}"}
+        a = start_alerter(ks, controller.port, env)
+        b = start_alerter(ks, controller.port, env)
+        try:
+            spend(ks, key, 10)
+            wait_spent(ks, 10 * ONE)
+            wait_for(lambda: len(inbox.messages) >= 2, 10, "the 80% and 100% emails")
+            settle()
+            assert len(inbox.messages) == 2, inbox.subjects()
+            leading = [p for p in (a, b) if "leading" in p.log()]
+            assert len(leading) == 1, "exactly one alerter leads"
+        finally:
+            a.stop()
+            b.stop()
+            controller.stop()
+
+
+def test_key_budget_80_and_100_percent():
+    controller, inbox = start_smtp()
+    with KeyStack(accountings=1) as ks:
+        # a request's maximum cost equals its real cost here (the estimate of "spend"
+        # is the mock's 6 prompt tokens, and max_tokens 16 is what it answers), so a
+        # budget of 10 requests admits exactly 10
+        k = ks.create_key("web-team", budget_day=f"{decimal_of(10 * ONE):.6f}")
+        alerter = start_alerter(ks, controller.port)
+        try:
+            spend(ks, k["key"], 8)
+            wait_for(lambda: len(inbox.messages) >= 1, 10, "the key's 80% email")
+            subject = str(inbox.messages[0]["Subject"])
+            assert "Daily budget 80% used: key web-team" in subject, subject
+            spend(ks, k["key"], 2)
+            wait_for(lambda: len(inbox.messages) >= 2, 10, "the key's 100% email")
+            st, _, raw = ks.chat(k["key"], "spend", max_tokens=16)
+            assert st == 429, (st, raw)
+            settle()
+            subjects = inbox.subjects()
+            assert len(subjects) == 2 and "100%" in subjects[1] and "web-team" in subjects[1], subjects
+            assert ks.sql("SELECT string_agg(rule || ' ' || subject || ' ' || level, ',' ORDER BY id) FROM alerts") \
+                == f"budget_day key:{k['id']} 80%,budget_day key:{k['id']} 100%"
+        finally:
+            alerter.stop()
+            controller.stop()
