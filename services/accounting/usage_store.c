@@ -397,7 +397,7 @@ usage_store_connect (usage_store_t *self)
                    PGRES_COMMAND_OK)
         || s_exec (self,
                    "CREATE TEMP TABLE IF NOT EXISTS usage_new (api_key_id bigint, started_at timestamptz,"
-                   " cost_pico bigint, tokens numeric) ON COMMIT DELETE ROWS",
+                   " cost_pico bigint, tokens numeric, request_id text) ON COMMIT DELETE ROWS",
                    PGRES_COMMAND_OK)) {
         PQfinish (self->conn);
         self->conn = NULL;
@@ -505,6 +505,16 @@ static const char *s_key_spend_sql =
 static const char *s_lock_sql =
     "SELECT 1 FROM reservations WHERE request_id IN (SELECT request_id FROM usage_stage)"
     " ORDER BY request_id FOR UPDATE";
+/*  The real cost and tokens just stored come off the request's reservation, in
+    the same transaction that adds them to key_spend: a call is never counted
+    twice against a budget (spent and still reserved) while its release is on
+    its way, and never not at all. */
+static const char *s_drawdown_sql =
+    "UPDATE reservations r SET amount_pico = greatest(r.amount_pico - n.cost, 0)::bigint,"
+    " tokens = greatest(r.tokens - n.tokens, 0)::bigint"
+    " FROM (SELECT request_id, sum(coalesce(cost_pico, 0)) AS cost, sum(tokens) AS tokens"
+    "  FROM usage_new GROUP BY request_id) n"
+    " WHERE r.request_id = n.request_id";
 static const char *s_settle_sql =
     "DELETE FROM reservations r WHERE r.request_id IN (SELECT request_id FROM usage_stage)"
     " AND r.released_at IS NOT NULL AND r.attempts IS NOT NULL"
@@ -518,7 +528,7 @@ s_key_accounts (usage_store_t *self)
         if (s_exec (self, "SAVEPOINT key_accounts", PGRES_COMMAND_OK))
             return -1;
         if (s_exec (self, s_key_spend_sql, PGRES_COMMAND_OK) == 0 && s_exec (self, s_lock_sql, PGRES_TUPLES_OK) == 0
-            && s_exec (self, s_settle_sql, PGRES_COMMAND_OK) == 0)
+            && s_exec (self, s_drawdown_sql, PGRES_COMMAND_OK) == 0 && s_exec (self, s_settle_sql, PGRES_COMMAND_OK) == 0)
             return s_exec (self, "RELEASE SAVEPOINT key_accounts", PGRES_COMMAND_OK);
         if (PQstatus (self->conn) != CONNECTION_OK
             || s_exec (self, "ROLLBACK TO SAVEPOINT key_accounts", PGRES_COMMAND_OK))
@@ -562,7 +572,7 @@ usage_store_insert (usage_store_t *self, const usage_row_t *rows, size_t n)
                      "WITH ins AS (INSERT INTO usage_events (" USAGE_COLUMNS ") SELECT " USAGE_COLUMNS
                      " FROM usage_stage ORDER BY event_id ON CONFLICT (event_id) DO NOTHING"
                      " RETURNING api_key_id, started_at, cost_pico,"
-                     " cache_hit_tokens::numeric + cache_miss_tokens + completion_tokens AS tokens)"
+                     " cache_hit_tokens::numeric + cache_miss_tokens + completion_tokens AS tokens, request_id)"
                      " INSERT INTO usage_new SELECT * FROM ins WHERE api_key_id IS NOT NULL",
                      PGRES_COMMAND_OK);
     if (!rc)

@@ -230,6 +230,15 @@ s_state (int64_t limit, int64_t spent, int64_t calls, int64_t errors)
                       "errors", (json_int_t) errors);
 }
 
+/*  Evaluates a state built by s_state, which it frees. */
+static json_t *
+s_eval (const alert_rules_config_t *config, json_t *state)
+{
+    json_t *out = alert_rules_evaluate (config, state);
+    json_decref (state);
+    return out;
+}
+
 void
 alert_rules_test (bool verbose)
 {
@@ -239,10 +248,10 @@ alert_rules_test (bool verbose)
                                     .error_rate = 0.05, .error_min_calls = 20, .error_window_s = 300 };
     const int64_t yuan = 1000000000000LL;
     //  79.99 of 100: nothing; 80 exactly: the 80% claim; 100.02: both.
-    json_t *out = alert_rules_evaluate (&config, s_state (100 * yuan, 7999 * yuan / 100, 0, 0));
+    json_t *out = s_eval (&config, s_state (100 * yuan, 7999 * yuan / 100, 0, 0));
     assert (json_array_size (json_object_get (out, "claims")) == 0);
     json_decref (out);
-    out = alert_rules_evaluate (&config, s_state (100 * yuan, 80 * yuan, 0, 0));
+    out = s_eval (&config, s_state (100 * yuan, 80 * yuan, 0, 0));
     json_t *claims = json_object_get (out, "claims");
     assert (json_array_size (claims) == 1);
     json_t *c = json_array_get (claims, 0);
@@ -253,7 +262,7 @@ alert_rules_test (bool verbose)
     assert (strcmp (json_string_value (json_object_get (c, "severity")), "warning") == 0);
     assert (strstr (json_string_value (json_object_get (c, "title")), "CNY 80.00 of 100.00"));
     json_decref (out);
-    out = alert_rules_evaluate (&config, s_state (100 * yuan, 10002 * yuan / 100, 0, 0));
+    out = s_eval (&config, s_state (100 * yuan, 10002 * yuan / 100, 0, 0));
     claims = json_object_get (out, "claims");
     assert (json_array_size (claims) == 2);
     c = json_array_get (claims, 1);
@@ -263,14 +272,14 @@ alert_rules_test (bool verbose)
     json_decref (out);
     //  Overall spend limit.
     config.spend_limit_pico[0] = 50 * yuan;
-    out = alert_rules_evaluate (&config, s_state (-1, 60 * yuan, 0, 0));
+    out = s_eval (&config, s_state (-1, 60 * yuan, 0, 0));
     claims = json_object_get (out, "claims");
     assert (json_array_size (claims) == 2);  //  80% and 100% of the overall daily 50
     assert (strcmp (json_string_value (json_object_get (json_array_get (claims, 0), "rule")), "spend_day") == 0);
     json_decref (out);
     config.spend_limit_pico[0] = -1;
     //  Error rate: 10% of 100 calls alerts; 1 of 3 does not (too few); 4% resolves.
-    out = alert_rules_evaluate (&config, s_state (-1, 0, 100, 10));
+    out = s_eval (&config, s_state (-1, 0, 100, 10));
     claims = json_object_get (out, "claims");
     assert (json_array_size (claims) == 1);
     c = json_array_get (claims, 0);
@@ -278,11 +287,11 @@ alert_rules_test (bool verbose)
     assert (strcmp (json_string_value (json_object_get (c, "period")), "open") == 0);
     assert (json_array_size (json_object_get (out, "resolves")) == 0);
     json_decref (out);
-    out = alert_rules_evaluate (&config, s_state (-1, 0, 3, 1));
+    out = s_eval (&config, s_state (-1, 0, 3, 1));
     assert (json_array_size (json_object_get (out, "claims")) == 0);
     assert (json_array_size (json_object_get (out, "resolves")) == 1);
     json_decref (out);
-    out = alert_rules_evaluate (&config, s_state (-1, 0, 100, 4));
+    out = s_eval (&config, s_state (-1, 0, 100, 4));
     assert (json_array_size (json_object_get (out, "claims")) == 0);
     json_decref (out);
     //  Levels from the environment.
