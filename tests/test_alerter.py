@@ -259,3 +259,37 @@ def test_key_budget_80_and_100_percent():
         finally:
             alerter.stop()
             controller.stop()
+
+
+def test_key_rate_near_its_limit_and_slow_first_bytes():
+    controller, inbox = start_smtp()
+    with KeyStack(accountings=1) as ks:
+        k = ks.create_key("busy", rpm=10)
+        alerter = start_alerter(ks, controller.port, {"GW_ALERT_LATENCY_P95_MS": "150",
+                                                      "GW_ALERT_LATENCY_MIN_CALLS": "5"})
+        try:
+            # 8 requests in a minute of an rpm of 10: under 90%, nothing
+            spend(ks, k["key"], 8)
+            wait_spent(ks, 8 * ONE)
+            settle()
+            assert inbox.subjects() == [], inbox.subjects()
+            # the 9th reaches 90%: one alert, however long it stays there
+            spend(ks, k["key"], 1)
+            wait_for(lambda: len(inbox.messages) >= 1, 10, "the rate alert")
+            settle()
+            subjects = inbox.subjects()
+            assert len(subjects) == 1 and "Key busy" in subjects[0] and "of 10 requests per minute" in subjects[0], \
+                subjects
+            # answers that take 300 ms to start: the p95 first-byte time crosses 150 ms
+            slow = ks.create_key("slow")["key"]
+            for i in range(6):
+                st, _, raw = ks.chat(slow, f"slow {i} [[mock first_byte_ms=300]]", max_tokens=8)
+                assert st == 200, (st, raw)
+            wait_for(lambda: len(inbox.messages) >= 2, 10, "the latency alert")
+            settle()
+            subjects = inbox.subjects()
+            assert len(subjects) == 2 and "first byte" in subjects[1], subjects
+            assert ks.sql("SELECT string_agg(rule, ',' ORDER BY id) FROM alerts") == "rate_rpm,latency_p95"
+        finally:
+            alerter.stop()
+            controller.stop()

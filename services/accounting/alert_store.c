@@ -181,7 +181,11 @@ s_state (usage_store_t *db, const key_policy_t *policy, const char *currency, js
     res = usage_store_exec (db,
                             "SELECT count(*), count(*) FILTER (WHERE status = 0 OR status IN (401, 402, 429)"
                             "  OR status >= 500),"
-                            " coalesce(percentile_disc(0.95) WITHIN GROUP (ORDER BY total_us), 0)"
+                            " coalesce(percentile_disc(0.95) WITHIN GROUP (ORDER BY total_us), 0),"
+                            //  Time to the first byte of the answers that came: the
+                            //  provider's responsiveness, whatever the answer's length.
+                            " count(*) FILTER (WHERE status = 200),"
+                            " coalesce(percentile_disc(0.95) WITHIN GROUP (ORDER BY ttfb_us) FILTER (WHERE status = 200), 0)"
                             " FROM usage_events WHERE started_at > now() - make_interval(secs => $1::integer)",
                             1, values);
     if (!res) {
@@ -189,9 +193,60 @@ s_state (usage_store_t *db, const key_policy_t *policy, const char *currency, js
         return s_unavailable (status);
     }
     json_object_set_new (out, "window",
-                         json_pack ("{s:I, s:I, s:I, s:I}", "seconds", (json_int_t) window, "calls",
+                         json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I}", "seconds", (json_int_t) window, "calls",
                                     (json_int_t) s_cell (res, 0, 0), "errors", (json_int_t) s_cell (res, 0, 1),
-                                    "p95_total_us", (json_int_t) s_cell (res, 0, 2)));
+                                    "p95_total_us", (json_int_t) s_cell (res, 0, 2), "answered",
+                                    (json_int_t) s_cell (res, 0, 3), "p95_ttfb_us", (json_int_t) s_cell (res, 0, 4)));
+    PQclear (res);
+
+    //  Each key's request and token windows (the sliding minute of the
+    //  admissions: previous minute weighted by its overlap, plus this one).
+    res = usage_store_exec (
+        db,
+        "SELECT k.id, k.name, k.rpm, k.tpm,"
+        " (SELECT coalesce(sum(requests * CASE WHEN q.minute = date_trunc('minute', now()) THEN 1.0"
+        "   ELSE 1 - extract(epoch FROM now() - date_trunc('minute', now())) / 60 END), 0)"
+        "   FROM key_requests q WHERE q.key_id = k.id AND q.minute >= date_trunc('minute', now()) - interval '1 minute'),"
+        " (SELECT coalesce(sum(tokens * CASE WHEN m.period_start = date_trunc('minute', now()) THEN 1.0"
+        "   ELSE 1 - extract(epoch FROM now() - date_trunc('minute', now())) / 60 END), 0)"
+        "   FROM key_spend m WHERE m.key_id = k.id AND m.period = 'minute'"
+        "   AND m.period_start >= date_trunc('minute', now()) - interval '1 minute')"
+        " FROM api_keys k WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())"
+        " ORDER BY k.id",
+        0, NULL);
+    if (!res) {
+        json_decref (out);
+        return s_unavailable (status);
+    }
+    json_t *rates = json_array ();
+    for (int r = 0; r < PQntuples (res); r++) {
+        int64_t rpm = s_effective (res, r, 2, policy->defaults[KEY_RPM]);
+        int64_t tpm = s_effective (res, r, 3, policy->defaults[KEY_TPM]);
+        if (rpm < 0 && tpm < 0)
+            continue;
+        json_t *rate = json_pack ("{s:I, s:s}", "id", (json_int_t) s_cell (res, r, 0), "name", PQgetvalue (res, r, 1));
+        if (rpm >= 0)
+            json_object_set_new (rate, "rpm", json_pack ("{s:I, s:f}", "limit", (json_int_t) rpm, "used",
+                                                         strtod (PQgetvalue (res, r, 4), NULL)));
+        if (tpm >= 0)
+            json_object_set_new (rate, "tpm", json_pack ("{s:I, s:f}", "limit", (json_int_t) tpm, "used",
+                                                         strtod (PQgetvalue (res, r, 5), NULL)));
+        json_array_append_new (rates, rate);
+    }
+    json_object_set_new (out, "rates", rates);
+    PQclear (res);
+
+    //  The episodic alerts open now: the rules resolve the ones that are over.
+    res = usage_store_exec (db, "SELECT rule, subject FROM alerts WHERE period = 'open' ORDER BY id", 0, NULL);
+    if (!res) {
+        json_decref (out);
+        return s_unavailable (status);
+    }
+    json_t *open = json_array ();
+    for (int r = 0; r < PQntuples (res); r++)
+        json_array_append_new (open, json_pack ("{s:s, s:s}", "rule", PQgetvalue (res, r, 0), "subject",
+                                                PQgetvalue (res, r, 1)));
+    json_object_set_new (out, "open", open);
     PQclear (res);
     return s_answer (status, out);
 }

@@ -227,7 +227,8 @@ s_on_outbox (alert_engine_t *self, json_t *answer, void *ctx)
             .json = json ? json : "{}",
         };
         if (index == notifier_channels (self->notifier)) {
-            //  A channel no longer configured: said once an hour, kept pending.
+            //  A channel no longer configured: a failed attempt, kept pending
+            //  (and retried with the usual backoff) until it comes back.
             s_on_sent (d, false, "channel not configured on this alerter");
         }
         else if (notifier_send (self->notifier, index, &notice, s_on_sent, d))

@@ -98,16 +98,21 @@ alert_rules_config_from_env (alert_rules_config_t *config)
     }
     config->error_min_calls = gw_env_int ("GW_ALERT_ERROR_MIN_CALLS", 20, 1, 1000000000);
     config->error_window_s = (int) gw_env_int ("GW_ALERT_ERROR_WINDOW_S", 300, 10, 86400);
+    config->latency_p95_ms = (int) gw_env_int ("GW_ALERT_LATENCY_P95_MS", 10000, 0, 3600000);
+    config->latency_min_calls = gw_env_int ("GW_ALERT_LATENCY_MIN_CALLS", 20, 1, 1000000000);
+    const char *level = gw_env_str ("GW_ALERT_RATE_LEVEL", "0.9");
+    config->rate_level = strtod (level, &end);
+    if (*end || !(config->rate_level > 0) || config->rate_level > 1) {
+        gw_error ("rules", "GW_ALERT_RATE_LEVEL must be a fraction in (0, 1] value=%s", level);
+        return -1;
+    }
     return 0;
 }
 
 static void
-s_claim (json_t *claims, const char *rule, const char *subject, const char *period, double level,
-         const char *title, const char *text, json_t *alert)
+s_claim_as (json_t *claims, const char *rule, const char *subject, const char *period, const char *level_text,
+            const char *severity, const char *title, const char *text, json_t *alert)
 {
-    char level_text[16];
-    s_percent (level, level_text, sizeof level_text);
-    const char *severity = level >= 1 ? "critical" : "warning";
     char full_title[512];
     snprintf (full_title, sizeof full_title, "[%s] %s", severity, title);
     json_object_set_new (alert, "rule", json_string (rule));
@@ -120,13 +125,51 @@ s_claim (json_t *claims, const char *rule, const char *subject, const char *peri
                                               "title", full_title, "text", text, "alert", alert));
 }
 
+/*  A periodic claim at a fraction: warning under 100%, critical from it. */
+static void
+s_claim (json_t *claims, const char *rule, const char *subject, const char *period, double level,
+         const char *title, const char *text, json_t *alert)
+{
+    char level_text[16];
+    s_percent (level, level_text, sizeof level_text);
+    s_claim_as (claims, rule, subject, period, level_text, level >= 1 ? "critical" : "warning", title, text, alert);
+}
+
+static bool
+s_is_open (json_t *open, const char *rule, const char *subject)
+{
+    size_t i;
+    json_t *o;
+    json_array_foreach (open, i, o)
+        if (strcmp (json_string_value (json_object_get (o, "rule")) ?: "", rule) == 0
+            && strcmp (json_string_value (json_object_get (o, "subject")) ?: "", subject) == 0)
+            return true;
+    return false;
+}
+
+/*  An episodic rule: claimed (period "open") while it holds, resolved once it
+    no longer does, if it was open. alert is taken over (freed when not used). */
+static void
+s_episode (json_t *claims, json_t *resolves, json_t *open, const char *rule, const char *subject, bool firing,
+           const char *severity, const char *title, const char *text, json_t *alert)
+{
+    if (firing)
+        s_claim_as (claims, rule, subject, "open", "open", severity, title, text, alert);
+    else {
+        json_decref (alert);
+        if (s_is_open (open, rule, subject))
+            json_array_append_new (resolves, json_pack ("{s:s, s:s}", "rule", rule, "subject", subject));
+    }
+}
+
 /*  One budget or spend against its limit: a claim for each level crossed. */
 static void
 s_budget (const alert_rules_config_t *config, json_t *claims, const char *rule, const char *subject,
           const char *who, const char *period_word, const char *period, const char *currency, int64_t limit,
           int64_t spent)
 {
-    if (limit < 0)
+    //  No limit, or a limit of 0 (nothing is allowed: 80% of it says nothing).
+    if (limit <= 0)
         return;
     for (int i = 0; i < config->nlevels; i++) {
         double level = config->budget_levels[i];
@@ -188,12 +231,13 @@ alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
         s_budget (config, claims, rule, "all", "all keys", s_period_words[p], period ? period : "?", currency,
                   config->spend_limit_pico[p], json_integer_value (json_object_get (overall, s_periods[p])));
     }
+    json_t *open = json_object_get (state, "open");
     json_t *window = json_object_get (state, "window");
     json_int_t calls = json_integer_value (json_object_get (window, "calls"));
     json_int_t errors = json_integer_value (json_object_get (window, "errors"));
     json_int_t seconds = json_integer_value (json_object_get (window, "seconds"));
     double rate = calls ? (double) errors / (double) calls : 0;
-    if (calls >= config->error_min_calls && rate > config->error_rate) {
+    {
         char pct[16], limit[16], title[256], text[768];
         s_percent (rate, pct, sizeof pct);
         s_percent (config->error_rate, limit, sizeof limit);
@@ -206,13 +250,61 @@ alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
                   ". See docs/operations.md, \"Alerts\", for what to check.\n"
                   "A notice follows when the rate is back under the threshold.\n",
                   title, seconds, errors, calls);
-        json_t *alert = json_pack ("{s:I, s:I, s:I, s:f, s:f}", "calls", calls, "errors", errors, "window_s",
-                                   seconds, "rate", rate, "threshold", config->error_rate);
-        //  Critical, whatever the fraction: the service is failing its users.
-        s_claim (claims, "error_rate", "all", "open", 1, title, text, alert);
+        //  Critical: the service is failing its users.
+        s_episode (claims, resolves, open, "error_rate", "all",
+                   calls >= config->error_min_calls && rate > config->error_rate, "critical", title, text,
+                   json_pack ("{s:I, s:I, s:I, s:f, s:f}", "calls", calls, "errors", errors, "window_s", seconds,
+                              "rate", rate, "threshold", config->error_rate));
     }
-    else if (calls < config->error_min_calls || rate <= config->error_rate)
-        json_array_append_new (resolves, json_pack ("{s:s, s:s}", "rule", "error_rate", "subject", "all"));
+    //  Latency: the 95th percentile of the time to the first byte of answers.
+    json_int_t answered = json_integer_value (json_object_get (window, "answered"));
+    double p95_ms = (double) json_integer_value (json_object_get (window, "p95_ttfb_us")) / 1000;
+    {
+        char title[256], text[768];
+        snprintf (title, sizeof title, "Upstream p95 time to first byte %.0f ms over %" JSON_INTEGER_FORMAT
+                  " s (%" JSON_INTEGER_FORMAT " answers; threshold %d ms)",
+                  p95_ms, seconds, answered, config->latency_p95_ms);
+        snprintf (text, sizeof text,
+                  "%s\n\nOne answer in twenty took longer than this to start. See docs/operations.md, \"Alerts\".\n",
+                  title);
+        //  Switched off (0): never fires, and an episode still open resolves.
+        s_episode (claims, resolves, open, "latency_p95", "all",
+                   config->latency_p95_ms > 0 && answered >= config->latency_min_calls
+                       && p95_ms > config->latency_p95_ms,
+                   "warning", title, text,
+                   json_pack ("{s:I, s:f, s:i, s:I}", "answered", answered, "p95_ttfb_ms", p95_ms, "threshold_ms",
+                              config->latency_p95_ms, "window_s", seconds));
+    }
+    //  Request and token rates close to a key's limits.
+    json_t *rate_entry;
+    json_array_foreach (json_object_get (state, "rates"), i, rate_entry) {
+        json_int_t id = json_integer_value (json_object_get (rate_entry, "id"));
+        const char *name = json_string_value (json_object_get (rate_entry, "name")) ?: "";
+        char subject[48];
+        snprintf (subject, sizeof subject, "key:%" JSON_INTEGER_FORMAT, id);
+        const char *kinds[2] = { "rpm", "tpm" };
+        const char *words[2] = { "requests", "tokens" };
+        for (int k = 0; k < 2; k++) {
+            json_t *w = json_object_get (rate_entry, kinds[k]);
+            char rule[16];
+            snprintf (rule, sizeof rule, "rate_%s", kinds[k]);
+            json_int_t limit = json_integer_value (json_object_get (w, "limit"));
+            double used = json_real_value (json_object_get (w, "used"));
+            bool firing = w && limit > 0 && used >= config->rate_level * (double) limit;
+            if (!w && !s_is_open (open, rule, subject))
+                continue;
+            char pct[16], title[256], text[512];
+            s_percent (config->rate_level, pct, sizeof pct);
+            snprintf (title, sizeof title, "Key %s (id %" JSON_INTEGER_FORMAT ") at %.0f of %" JSON_INTEGER_FORMAT
+                      " %s per minute (alert at %s)",
+                      name, id, used, limit, words[k], pct);
+            snprintf (text, sizeof text,
+                      "%s\n\nIts requests will soon get 429 %s. See docs/operations.md, \"Alerts\".\n", title,
+                      k == 0 ? "rate_limit_requests" : "rate_limit_tokens");
+            s_episode (claims, resolves, open, rule, subject, firing, "warning", title, text,
+                       json_pack ("{s:I, s:s, s:I, s:f}", "key_id", id, "name", name, "limit", limit, "used", used));
+        }
+    }
     return json_pack ("{s:o, s:o}", "claims", claims, "resolves", resolves);
 }
 
@@ -245,7 +337,8 @@ alert_rules_test (bool verbose)
     if (verbose)
         printf (" * alert_rules: ");
     alert_rules_config_t config = { .budget_levels = { 0.8, 1 }, .nlevels = 2, .spend_limit_pico = { -1, -1, -1 },
-                                    .error_rate = 0.05, .error_min_calls = 20, .error_window_s = 300 };
+                                    .error_rate = 0.05, .error_min_calls = 20, .error_window_s = 300,
+                                    .latency_p95_ms = 0, .latency_min_calls = 20, .rate_level = 0.9 };
     const int64_t yuan = 1000000000000LL;
     //  79.99 of 100: nothing; 80 exactly: the 80% claim; 100.02: both.
     json_t *out = s_eval (&config, s_state (100 * yuan, 7999 * yuan / 100, 0, 0));
@@ -289,10 +382,45 @@ alert_rules_test (bool verbose)
     json_decref (out);
     out = s_eval (&config, s_state (-1, 0, 3, 1));
     assert (json_array_size (json_object_get (out, "claims")) == 0);
-    assert (json_array_size (json_object_get (out, "resolves")) == 1);
+    assert (json_array_size (json_object_get (out, "resolves")) == 0);  //  nothing was open
     json_decref (out);
-    out = s_eval (&config, s_state (-1, 0, 100, 4));
+    json_t *state = s_state (-1, 0, 100, 4);
+    json_object_set_new (state, "open", json_pack ("[{s:s, s:s}]", "rule", "error_rate", "subject", "all"));
+    out = s_eval (&config, state);
     assert (json_array_size (json_object_get (out, "claims")) == 0);
+    json_t *r = json_array_get (json_object_get (out, "resolves"), 0);
+    assert (r && strcmp (json_string_value (json_object_get (r, "rule")), "error_rate") == 0);
+    json_decref (out);
+    //  Latency: p95 time to first byte over the threshold, with enough answers.
+    config.latency_p95_ms = 50;
+    state = s_state (-1, 0, 30, 0);
+    json_object_set_new (json_object_get (state, "window"), "answered", json_integer (30));
+    json_object_set_new (json_object_get (state, "window"), "p95_ttfb_us", json_integer (80000));
+    out = s_eval (&config, state);
+    claims = json_object_get (out, "claims");
+    assert (json_array_size (claims) == 1);
+    assert (strcmp (json_string_value (json_object_get (json_array_get (claims, 0), "rule")), "latency_p95") == 0);
+    json_decref (out);
+    config.latency_p95_ms = 0;
+    //  A key at 90% of its rpm alerts; at 89% it does not, and resolves if open.
+    state = s_state (-1, 0, 0, 0);
+    json_object_set_new (state, "rates", json_pack ("[{s:i, s:s, s:{s:i, s:f}}]", "id", 3, "name", "web", "rpm",
+                                                    "limit", 10, "used", 9.0));
+    out = s_eval (&config, state);
+    claims = json_object_get (out, "claims");
+    assert (json_array_size (claims) == 1);
+    c = json_array_get (claims, 0);
+    assert (strcmp (json_string_value (json_object_get (c, "rule")), "rate_rpm") == 0);
+    assert (strcmp (json_string_value (json_object_get (c, "subject")), "key:3") == 0);
+    assert (strcmp (json_string_value (json_object_get (c, "period")), "open") == 0);
+    json_decref (out);
+    state = s_state (-1, 0, 0, 0);
+    json_object_set_new (state, "rates", json_pack ("[{s:i, s:s, s:{s:i, s:f}}]", "id", 3, "name", "web", "rpm",
+                                                    "limit", 10, "used", 8.9));
+    json_object_set_new (state, "open", json_pack ("[{s:s, s:s}]", "rule", "rate_rpm", "subject", "key:3"));
+    out = s_eval (&config, state);
+    assert (json_array_size (json_object_get (out, "claims")) == 0);
+    assert (json_array_size (json_object_get (out, "resolves")) == 1);
     json_decref (out);
     //  Levels from the environment.
     assert (s_parse_levels ("0.5,0.9,1", &config) == 0 && config.nlevels == 3);

@@ -17,6 +17,13 @@
                        GW_ALERT_ERROR_RATE (default 0.05), with at least
                        GW_ALERT_ERROR_MIN_CALLS calls (default 20); episodic:
                        open until the rate is back under, then resolved
+      latency_p95      the 95th percentile of the time to the first byte of
+                       the window's answers above GW_ALERT_LATENCY_P95_MS
+                       (default 10000; 0: off), with at least
+                       GW_ALERT_LATENCY_MIN_CALLS answers (default 20); episodic
+      rate_rpm, rate_tpm  a key's sliding-minute requests or tokens at
+                       GW_ALERT_RATE_LEVEL (default 0.9) of its limit; episodic
+                       per key
 */
 #ifndef ALERT_RULES_H_INCLUDED
 #define ALERT_RULES_H_INCLUDED
@@ -34,6 +41,9 @@ typedef struct {
     double error_rate;  //  fraction of failed calls that alerts
     int64_t error_min_calls;  //  fewer calls in the window never alert
     int error_window_s;
+    int latency_p95_ms;  //  0: no latency rule
+    int64_t latency_min_calls;
+    double rate_level;  //  fraction of a key's rpm/tpm that alerts
 } alert_rules_config_t;
 
 /*  Reads the configuration from the environment. Returns 0, or -1 (logged) on

@@ -31,7 +31,11 @@ main (void)
     };
     //  The lease outlives a few missed renewals, so a slow turn does not hand
     //  the sending over; a dead leader is replaced within it.
-    config.lease_ms = (int) gw_env_int ("GW_ALERT_LEASE_MS", 3 * (int64_t) config.interval_ms, 100, 600000);
+    int64_t lease = 3 * (int64_t) config.interval_ms;
+    config.lease_ms = (int) gw_env_int ("GW_ALERT_LEASE_MS", lease < 600000 ? lease : 600000, 100, 600000);
+    if (config.lease_ms <= config.interval_ms)
+        gw_warn ("main", "GW_ALERT_LEASE_MS=%d is not longer than GW_ALERT_INTERVAL_MS=%d: the lead may change hands "
+                         "between evaluations", config.lease_ms, config.interval_ms);
     int rc = 1;
     void *zmq_ctx = zmq_ctx_new ();
     gw_loop_t *loop = gw_loop_new ();
