@@ -54,7 +54,8 @@
     M (ADMIN_REQUEST, 22, admin_request, "ingress or tool to accounting: an admin API call") \
     M (ADMIN_REPLY, 23, admin_reply, "accounting to the asker: the admin API answer") \
     M (ALERT_REQUEST, 24, alert_request, "alerter to accounting: lease, state, claim, outbox, delivery") \
-    M (ALERT_REPLY, 25, alert_reply, "accounting to the alerter: the answer as JSON")
+    M (ALERT_REPLY, 25, alert_reply, "accounting to the alerter: the answer as JSON") \
+    M (STATUS, 26, status, "dispatcher to accounting: I am alive; my spool and host")
 
 /*  F(TYPE, field, description) */
 #define GW_HELLO_FIELDS(F)                                                          \
@@ -201,6 +202,16 @@
     F (U64, correlation, "the request's correlation id")                          \
     F (U32, status, "200, 400 bad request, 503 database down")                     \
     F (BIN, body, "the answer's JSON object, or an OpenAI-style error body")
+
+#define GW_STATUS_FIELDS(F)                                                         \
+    F (STR, kind, "dispatcher (accounting records its own)")                      \
+    F (STR, instance, "the instance's id")                                         \
+    F (STR, host, "its host name")                                                 \
+    F (U64, spool_events, "usage events in its spool not yet acknowledged")       \
+    F (U64, spool_bytes, "their size in the spool")                                \
+    F (U32, cpu_permille, "host CPU busy since its last report, per mille")        \
+    F (U32, mem_permille, "host memory in use (total - available), per mille")     \
+    F (U32, disk_permille, "the spool's file system in use, per mille")
 
 #define GW_USAGE_FIELDS(F)                                                          \
     F (STR, event_id, "unique: request_id.dispatch.attempt")                       \

@@ -13,6 +13,7 @@
 #include "webhook.h"
 #include "gw_apikey.h"
 #include "gw_env.h"
+#include "gw_host.h"
 #include "gw_error.h"
 #include "gw_id.h"
 #include "gw_log.h"
@@ -40,6 +41,7 @@ static const selftest_t s_tests[] = {
     { "gw_proto", gw_proto_test },
     { "gw_env", gw_env_test },
     { "gw_apikey", gw_apikey_test },
+    { "gw_host", gw_host_test },
     { "gw_error", gw_error_test },
     { "gw_id", gw_id_test },
     { "gw_loop", gw_loop_test },

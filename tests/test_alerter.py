@@ -293,3 +293,27 @@ def test_key_rate_near_its_limit_and_slow_first_bytes():
         finally:
             alerter.stop()
             controller.stop()
+
+
+def test_silent_dispatcher_and_host_disk():
+    controller, inbox = start_smtp()
+    with KeyStack(accountings=1, dispatcher_env={"GW_STATUS_MS": "200"}, acc_env={"GW_STATUS_MS": "200"}) as ks:
+        # any disk in use crosses a 0% threshold: one alert for this host, however
+        # many instances report it; CPU and memory thresholds at 100% never fire
+        alerter = start_alerter(ks, controller.port, {"GW_ALERT_SILENT_S": "2", "GW_ALERT_HOST_DISK": "0",
+                                                      "GW_ALERT_HOST_CPU": "100", "GW_ALERT_HOST_MEMORY": "100"})
+        try:
+            wait_for(lambda: len(inbox.messages) >= 1, 10, "the host disk alert")
+            settle()
+            subjects = inbox.subjects()
+            assert len(subjects) == 1 and "disk" in subjects[0], subjects
+            assert ks.sql("SELECT count(*) FROM instances WHERE kind = 'dispatcher'") == "1"
+            kill9(ks.stack.dispatchers[0])
+            wait_for(lambda: len(inbox.messages) >= 2, 15, "the silent dispatcher alert")
+            settle()
+            subjects = inbox.subjects()
+            assert len(subjects) == 2 and "dispatcher" in subjects[1] and "silent" in subjects[1], subjects
+            assert "[critical]" in subjects[1], subjects
+        finally:
+            alerter.stop()
+            controller.stop()

@@ -236,6 +236,30 @@ s_state (usage_store_t *db, const key_policy_t *policy, const char *currency, js
     json_object_set_new (out, "rates", rates);
     PQclear (res);
 
+    //  What each instance last said about itself, and how long ago.
+    res = usage_store_exec (db,
+                            "SELECT kind, instance, host,"
+                            " (extract(epoch FROM now() - seen_at) * 1000)::bigint,"
+                            " spool_events, cpu_permille, mem_permille, disk_permille"
+                            " FROM instances ORDER BY kind, instance",
+                            0, NULL);
+    if (!res) {
+        json_decref (out);
+        return s_unavailable (status);
+    }
+    json_t *instances = json_array ();
+    for (int r = 0; r < PQntuples (res); r++)
+        json_array_append_new (instances,
+                               json_pack ("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I}", "kind", PQgetvalue (res, r, 0),
+                                          "instance", PQgetvalue (res, r, 1), "host", PQgetvalue (res, r, 2),
+                                          "age_ms", (json_int_t) s_cell (res, r, 3), "spool_events",
+                                          (json_int_t) s_cell (res, r, 4), "cpu_permille",
+                                          (json_int_t) s_cell (res, r, 5), "mem_permille",
+                                          (json_int_t) s_cell (res, r, 6), "disk_permille",
+                                          (json_int_t) s_cell (res, r, 7)));
+    json_object_set_new (out, "instances", instances);
+    PQclear (res);
+
     //  The episodic alerts open now: the rules resolve the ones that are over.
     res = usage_store_exec (db, "SELECT rule, subject FROM alerts WHERE period = 'open' ORDER BY id", 0, NULL);
     if (!res) {

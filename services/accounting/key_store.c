@@ -251,6 +251,8 @@ key_store_housekeep (usage_store_t *db)
         "DELETE FROM key_requests WHERE minute < now() - interval '3 minutes'",
         "DELETE FROM key_spend WHERE period = 'minute' AND period_start < now() - interval '3 minutes'",
         "DELETE FROM ingress_alive WHERE seen_at < now() - interval '1 day'",
+        //  An instance gone a day is taken as removed on purpose (its silence alerted long ago).
+        "DELETE FROM instances WHERE seen_at < now() - interval '1 day'",
     };
     for (size_t i = 0; i < sizeof sql / sizeof sql[0]; i++)
         if (s_command (db, sql[i]))

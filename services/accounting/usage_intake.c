@@ -1,7 +1,13 @@
 /*  usage_intake.c: batches of usage events, priced, stored, then acknowledged. */
 #include "usage_intake.h"
 #include "gw_log.h"
+#include "gw_env.h"
+#include "gw_host.h"
 #include "gw_proto.h"
+
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <unistd.h>
 
 #include <errno.h>
 #include <stdlib.h>
@@ -23,6 +29,9 @@ struct usage_intake_t {
     s_item_t *items;
     usage_row_t *rows;
     gw_timer_t *reconnect_timer;
+    gw_timer_t *status_timer;  //  accounting's own STATUS row
+    char instance[96];
+    int status_ms;
     int reconnect_ms;
     uint64_t stored, unpriced, batches;
 };
@@ -77,6 +86,54 @@ s_on_reconnect (gw_loop_t *loop, gw_timer_t *timer, void *arg)
     gw_timer_start (loop, timer, self->reconnect_ms);
 }
 
+/*  An instance's STATUS (or accounting's own): upserted without waiting for
+    the WAL flush (a lost one is replaced by the next), skipped while the
+    database is away (the spools' events matter more than liveness). */
+static void
+s_store_status (usage_intake_t *self, const gw_status_t *st)
+{
+    if (!usage_store_ready (self->store) || !*st->kind || !*st->instance)
+        return;
+    char events[24], bytes[24], cpu[12], mem[12], disk[12];
+    snprintf (events, sizeof events, "%llu",
+              (unsigned long long) (st->spool_events > INT64_MAX ? INT64_MAX : st->spool_events));
+    snprintf (bytes, sizeof bytes, "%llu",
+              (unsigned long long) (st->spool_bytes > INT64_MAX ? INT64_MAX : st->spool_bytes));
+    snprintf (cpu, sizeof cpu, "%u", st->cpu_permille > 1000 ? 1000 : st->cpu_permille);
+    snprintf (mem, sizeof mem, "%u", st->mem_permille > 1000 ? 1000 : st->mem_permille);
+    snprintf (disk, sizeof disk, "%u", st->disk_permille > 1000 ? 1000 : st->disk_permille);
+    const char *values[8] = { st->kind, st->instance, st->host, events, bytes, cpu, mem, disk };
+    PGresult *res = usage_store_exec (self->store, "BEGIN", 0, NULL);
+    PQclear (res);
+    res = usage_store_exec (self->store, "SET LOCAL synchronous_commit = off", 0, NULL);
+    PQclear (res);
+    res = usage_store_exec (self->store,
+                            "INSERT INTO instances (kind, instance, host, seen_at, spool_events, spool_bytes,"
+                            " cpu_permille, mem_permille, disk_permille)"
+                            " VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8)"
+                            " ON CONFLICT (kind, instance) DO UPDATE SET host = EXCLUDED.host, seen_at = now(),"
+                            " spool_events = EXCLUDED.spool_events, spool_bytes = EXCLUDED.spool_bytes,"
+                            " cpu_permille = EXCLUDED.cpu_permille, mem_permille = EXCLUDED.mem_permille,"
+                            " disk_permille = EXCLUDED.disk_permille",
+                            8, values);
+    bool ok = res != NULL;
+    PQclear (res);
+    res = usage_store_exec (self->store, ok ? "COMMIT" : "ROLLBACK", 0, NULL);
+    PQclear (res);
+}
+
+static void
+s_on_status_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
+{
+    usage_intake_t *self = arg;
+    gw_host_t host;
+    gw_host_sample (".", &host);
+    gw_status_t st = { "accounting", self->instance, host.name, 0, 0, host.cpu_permille, host.mem_permille,
+                       host.disk_permille };
+    s_store_status (self, &st);
+    gw_timer_start (loop, timer, self->status_ms);
+}
+
 static void
 s_on_router (gw_loop_t *loop, void *socket, void *arg)
 {
@@ -88,6 +145,11 @@ s_on_router (gw_loop_t *loop, void *socket, void *arg)
         gw_decode_t rc = gw_msg_recv (socket, it->rid, &it->rid_size, &it->msg);
         if (rc == GW_DECODE_INTERRUPTED)
             break;
+        if (rc == GW_DECODE_OK && it->msg.id == GW_MSG_STATUS) {
+            s_store_status (self, &it->msg.status);
+            gw_msg_clear (&it->msg);
+            continue;
+        }
         if (rc != GW_DECODE_OK || it->msg.id != GW_MSG_USAGE) {
             if (rc == GW_DECODE_OK)
                 gw_warn ("intake", "unexpected message id=%s", gw_msg_name (it->msg.id));
@@ -171,6 +233,14 @@ usage_intake_new (gw_loop_t *loop, void *zmq_ctx, const intake_config_t *config,
     self->items = calloc (config->batch_max, sizeof *self->items);
     self->rows = calloc (config->batch_max, sizeof *self->rows);
     self->reconnect_timer = gw_timer_new (s_on_reconnect, self);
+    self->status_timer = gw_timer_new (s_on_status_timer, self);
+    //  As often as the dispatchers report theirs (GW_STATUS_MS): the alerter's
+    //  GW_ALERT_SILENT_S must be longer than both.
+    self->status_ms = (int) gw_env_int ("GW_STATUS_MS", 10000, 100, 3600000);
+    gw_timer_start (loop, self->status_timer, 0);
+    char host[64] = "";
+    gethostname (host, sizeof host - 1);
+    snprintf (self->instance, sizeof self->instance, "a-%s-%d", host, (int) getpid ());
     self->router = zmq_socket (zmq_ctx, ZMQ_ROUTER);
     int zero = 0, hwm = (int) (2 * config->batch_max), sndhwm = 200000;
     zmq_setsockopt (self->router, ZMQ_LINGER, &zero, sizeof zero);
@@ -199,6 +269,7 @@ usage_intake_destroy (usage_intake_t **self_p)
     gw_info ("intake", "stopping stored=%llu unpriced=%llu batches=%llu", (unsigned long long) self->stored,
              (unsigned long long) self->unpriced, (unsigned long long) self->batches);
     gw_timer_destroy (self->loop, &self->reconnect_timer);
+    gw_timer_destroy (self->loop, &self->status_timer);
     if (self->router)
         zmq_close (self->router);
     free (self->items);

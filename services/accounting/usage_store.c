@@ -119,6 +119,14 @@ static const struct {
          ");"
          "CREATE INDEX alert_deliveries_due ON alert_deliveries (next_at) WHERE status = 'pending';"
          "CREATE TABLE alerter_lease (name text PRIMARY KEY, holder text NOT NULL, until timestamptz NOT NULL);" },
+    //  What each dispatcher (STATUS) and accounting instance last said about itself.
+    { 4, "CREATE TABLE instances ("
+         "  kind text NOT NULL, instance text NOT NULL, host text NOT NULL,"
+         "  seen_at timestamptz NOT NULL,"
+         "  spool_events bigint NOT NULL, spool_bytes bigint NOT NULL,"
+         "  cpu_permille integer NOT NULL, mem_permille integer NOT NULL, disk_permille integer NOT NULL,"
+         "  PRIMARY KEY (kind, instance)"
+         ");" },
 };
 
 /*  The functions admissions and releases call. Not a migration: they hold no

@@ -99,6 +99,11 @@ alert_rules_config_from_env (alert_rules_config_t *config)
     config->error_min_calls = gw_env_int ("GW_ALERT_ERROR_MIN_CALLS", 20, 1, 1000000000);
     config->error_window_s = (int) gw_env_int ("GW_ALERT_ERROR_WINDOW_S", 300, 10, 86400);
     config->latency_p95_ms = (int) gw_env_int ("GW_ALERT_LATENCY_P95_MS", 10000, 0, 3600000);
+    config->silent_s = (int) gw_env_int ("GW_ALERT_SILENT_S", 60, 1, 86400);
+    config->spool_events = gw_env_int ("GW_ALERT_SPOOL_EVENTS", 100000, 0, INT64_MAX);
+    config->host_permille[0] = (int) gw_env_int ("GW_ALERT_HOST_CPU", 80, 0, 100) * 10;
+    config->host_permille[1] = (int) gw_env_int ("GW_ALERT_HOST_MEMORY", 85, 0, 100) * 10;
+    config->host_permille[2] = (int) gw_env_int ("GW_ALERT_HOST_DISK", 90, 0, 100) * 10;
     config->latency_min_calls = gw_env_int ("GW_ALERT_LATENCY_MIN_CALLS", 20, 1, 1000000000);
     const char *level = gw_env_str ("GW_ALERT_RATE_LEVEL", "0.9");
     config->rate_level = strtod (level, &end);
@@ -275,6 +280,79 @@ alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
                    json_pack ("{s:I, s:f, s:i, s:I}", "answered", answered, "p95_ttfb_ms", p95_ms, "threshold_ms",
                               config->latency_p95_ms, "window_s", seconds));
     }
+    //  The instances: silent ones, growing spools, busy hosts.
+    json_t *hosts = json_object ();
+    json_t *inst;
+    //  Right after accounting or its database was away, every row is old: no
+    //  instance is called silent unless some accounting instance's own row
+    //  (written every GW_STATUS_MS) is fresh, that is the figures are current.
+    bool current = false;
+    json_array_foreach (json_object_get (state, "instances"), i, inst)
+        current |= strcmp (json_string_value (json_object_get (inst, "kind")) ?: "", "accounting") == 0
+                   && json_integer_value (json_object_get (inst, "age_ms")) <= (json_int_t) config->silent_s * 1000;
+    json_array_foreach (json_object_get (state, "instances"), i, inst) {
+        const char *kind = json_string_value (json_object_get (inst, "kind")) ?: "?";
+        const char *name = json_string_value (json_object_get (inst, "instance")) ?: "?";
+        const char *host = json_string_value (json_object_get (inst, "host")) ?: "?";
+        json_int_t age_ms = json_integer_value (json_object_get (inst, "age_ms"));
+        char subject[256], title[512], text[768];
+        snprintf (subject, sizeof subject, "%s:%s", kind, name);
+        bool silent = age_ms > (json_int_t) config->silent_s * 1000;
+        if (!current)
+            continue;
+        snprintf (title, sizeof title, "The %s %s on %s has been silent for %lld s", kind, name, host,
+                  (long long) (age_ms / 1000));
+        snprintf (text, sizeof text,
+                  "%s\n\nIt last reported %lld s ago (alert after %d s). See docs/operations.md, \"Alerts\".\n",
+                  title, (long long) (age_ms / 1000), config->silent_s);
+        s_episode (claims, resolves, open, "silent", subject, silent, "critical", title, text,
+                   json_pack ("{s:s, s:s, s:s, s:I}", "kind", kind, "instance", name, "host", host, "age_ms", age_ms));
+        if (strcmp (kind, "dispatcher") == 0) {
+            json_int_t events = json_integer_value (json_object_get (inst, "spool_events"));
+            snprintf (title, sizeof title, "The usage spool of %s holds %lld unsent events", name, (long long) events);
+            snprintf (text, sizeof text,
+                      "%s\n\nAccounting is not taking its usage fast enough, or not at all (alert above %lld).\n",
+                      title, (long long) config->spool_events);
+            s_episode (claims, resolves, open, "spool", subject, !silent && events > config->spool_events, "warning",
+                       title, text, json_pack ("{s:s, s:I}", "instance", name, "spool_events", events));
+        }
+        //  Each host's highest figures over its live instances, for below.
+        if (!silent) {
+            json_t *h = json_object_get (hosts, host);
+            if (!h) {
+                h = json_pack ("{s:I, s:I, s:I}", "cpu_permille", (json_int_t) 0, "mem_permille", (json_int_t) 0,
+                               "disk_permille", (json_int_t) 0);
+                json_object_set_new (hosts, host, h);
+            }
+            const char *fields[3] = { "cpu_permille", "mem_permille", "disk_permille" };
+            for (int r = 0; r < 3; r++) {
+                json_int_t v = json_integer_value (json_object_get (inst, fields[r]));
+                if (v > json_integer_value (json_object_get (h, fields[r])))
+                    json_object_set_new (h, fields[r], json_integer (v));
+            }
+        }
+    }
+    //  Host resources: one episode per host and resource, from the highest
+    //  figure its instances reported (so two instances of one host never
+    //  disagree into an alert that opens and resolves in turn).
+    const char *host_name;
+    json_t *h;
+    json_object_foreach (hosts, host_name, h) {
+        const char *rules[3] = { "host_cpu", "host_memory", "host_disk" };
+        const char *fields[3] = { "cpu_permille", "mem_permille", "disk_permille" };
+        const char *words[3] = { "CPU", "memory", "disk" };
+        char subject[256], title[512], text[768];
+        snprintf (subject, sizeof subject, "host:%s", host_name);
+        for (int r = 0; r < 3; r++) {
+            json_int_t v = json_integer_value (json_object_get (h, fields[r]));
+            snprintf (title, sizeof title, "Host %s: %s %lld.%lld%% in use (alert above %d%%)", host_name, words[r],
+                      (long long) (v / 10), (long long) (v % 10), config->host_permille[r] / 10);
+            snprintf (text, sizeof text, "%s\n\nSee docs/operations.md, \"Alerts\".\n", title);
+            s_episode (claims, resolves, open, rules[r], subject, v > config->host_permille[r], "warning", title, text,
+                       json_pack ("{s:s, s:s, s:I}", "host", host_name, "resource", words[r], "permille", v));
+        }
+    }
+    json_decref (hosts);
     //  Request and token rates close to a key's limits.
     json_t *rate_entry;
     json_array_foreach (json_object_get (state, "rates"), i, rate_entry) {
@@ -421,6 +499,36 @@ alert_rules_test (bool verbose)
     out = s_eval (&config, state);
     assert (json_array_size (json_object_get (out, "claims")) == 0);
     assert (json_array_size (json_object_get (out, "resolves")) == 1);
+    json_decref (out);
+    //  Instances: a silent dispatcher; a live one with a growing spool on a busy
+    //  host, reported by two instances (one episode per host and resource).
+    config.silent_s = 60;
+    config.spool_events = 100;
+    config.host_permille[0] = 800, config.host_permille[1] = 850, config.host_permille[2] = 900;
+    state = s_state (-1, 0, 0, 0);
+    json_object_set_new (state, "instances",
+                         json_pack ("[{s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:i},"
+                                    " {s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:i},"
+                                    " {s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:i}]",
+                                    "kind", "dispatcher", "instance", "d1", "host", "h1", "age_ms", 120000,
+                                    "spool_events", 0, "cpu_permille", 990, "mem_permille", 0, "disk_permille", 0,
+                                    "kind", "dispatcher", "instance", "d2", "host", "h2", "age_ms", 1000,
+                                    "spool_events", 500, "cpu_permille", 900, "mem_permille", 100, "disk_permille", 0,
+                                    "kind", "accounting", "instance", "a1", "host", "h2", "age_ms", 2000,
+                                    "spool_events", 0, "cpu_permille", 100, "mem_permille", 100, "disk_permille",
+                                    950));
+    out = s_eval (&config, state);
+    claims = json_object_get (out, "claims");
+    char got[512] = "";
+    for (size_t k = 0; k < json_array_size (claims); k++) {
+        json_t *cl = json_array_get (claims, k);
+        char one[96];
+        snprintf (one, sizeof one, "%s %s;", json_string_value (json_object_get (cl, "rule")),
+                  json_string_value (json_object_get (cl, "subject")));
+        strcat (got, one);
+    }
+    //  d1 silent (its host's figures ignored); d2's spool; h2's CPU (d2) and disk (a1).
+    assert (strcmp (got, "silent dispatcher:d1;spool dispatcher:d2;host_cpu host:h2;host_disk host:h2;") == 0);
     json_decref (out);
     //  Levels from the environment.
     assert (s_parse_levels ("0.5,0.9,1", &config) == 0 && config.nlevels == 3);

@@ -21,6 +21,13 @@
                        the window's answers above GW_ALERT_LATENCY_P95_MS
                        (default 10000; 0: off), with at least
                        GW_ALERT_LATENCY_MIN_CALLS answers (default 20); episodic
+      silent           a dispatcher or accounting instance not heard from for
+                       GW_ALERT_SILENT_S (default 60); episodic per instance
+      spool            a dispatcher's spool holding more than
+                       GW_ALERT_SPOOL_EVENTS unsent events (default 100000)
+      host_cpu, host_memory, host_disk  a host's CPU, memory or (spool's)
+                       disk above GW_ALERT_HOST_CPU / _MEMORY / _DISK percent
+                       (80, 85, 90); episodic per host
       rate_rpm, rate_tpm  a key's sliding-minute requests or tokens at
                        GW_ALERT_RATE_LEVEL (default 0.9) of its limit; episodic
                        per key
@@ -44,6 +51,9 @@ typedef struct {
     int latency_p95_ms;  //  0: no latency rule
     int64_t latency_min_calls;
     double rate_level;  //  fraction of a key's rpm/tpm that alerts
+    int silent_s;  //  an instance not heard from for this long is silent
+    int64_t spool_events;  //  a dispatcher spool holding more is growing
+    int host_permille[3];  //  cpu, memory, disk thresholds
 } alert_rules_config_t;
 
 /*  Reads the configuration from the environment. Returns 0, or -1 (logged) on

@@ -20,6 +20,8 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "gw_host.h"
+
 typedef struct {
     usage_log_t *log;
     usage_sender_t *sender;
@@ -27,7 +29,25 @@ typedef struct {
     size_t spool_max;
     bool refuse_when_full;  //  GW_SPOOL_FULL_POLICY=refuse
     ingress_links_t *links;
+    const char *id;  //  this dispatcher, in its STATUS
+    const char *spool_dir;
+    int status_ms;
 } s_usage_out_t;
+
+/*  Every GW_STATUS_MS: this dispatcher is alive, with its spool and its host's
+    load, for the alerter (silent dispatchers, growing spools, busy hosts). */
+static void
+s_send_status (gw_loop_t *loop, gw_timer_t *timer, void *arg)
+{
+    s_usage_out_t *out = arg;
+    gw_host_t host;
+    gw_host_sample (out->spool_dir, &host);
+    gw_status_t status = { "dispatcher", (char *) out->id, host.name, usage_spool_pending (out->spool),
+                           usage_spool_bytes (out->spool), host.cpu_permille, host.mem_permille,
+                           host.disk_permille };
+    usage_sender_status (out->sender, &status);
+    gw_timer_start (loop, timer, out->status_ms);
+}
 
 /*  The spool-full policy. "refuse": near full, take no new jobs (calls that are
     running still record their usage) until accounting has drained it to half.
@@ -125,7 +145,9 @@ main (void)
         usage.refuse_when_full = strcmp (policy, "hold") != 0;
         if (usage.refuse_when_full && strcmp (policy, "refuse"))
             gw_warn ("main", "unknown GW_SPOOL_FULL_POLICY=%s, using refuse", policy);
-        spool = usage_spool_new (gw_env_str ("GW_SPOOL_DIR", "var/spool/dispatcher"), usage.spool_max);
+        usage.spool_dir = gw_env_str ("GW_SPOOL_DIR", "var/spool/dispatcher");
+        usage.status_ms = (int) gw_env_int ("GW_STATUS_MS", 10000, 100, 3600000);
+        spool = usage_spool_new (usage.spool_dir, usage.spool_max);
         usage.spool = spool;
         usage.sender = spool ? usage_sender_new (loop, zmq_ctx, &sender_config, spool) : NULL;
         usage_ok &= usage.sender != NULL;
@@ -138,11 +160,14 @@ main (void)
                                : NULL;
     ingress_links_t *links = runner ? ingress_links_new (loop, zmq_ctx, &links_config, providers, runner) : NULL;
     int rc = 1;
-    gw_timer_t *spool_check = NULL;
+    gw_timer_t *spool_check = NULL, *status = NULL;
     if (links && usage.sender) {
         usage.links = links;
+        usage.id = links_config.dispatcher_id;
         spool_check = gw_timer_new (s_check_spool, &usage);
         gw_timer_start (loop, spool_check, 100);
+        status = gw_timer_new (s_send_status, &usage);
+        gw_timer_start (loop, status, 0);
     }
     if (links) {
         gw_info ("main", "started id=%s ingresses=%s slots=%d", links_config.dispatcher_id,
@@ -155,6 +180,7 @@ main (void)
         gw_loop_run_until (loop, s_drained, runner, grace_ms);
     }
     gw_timer_destroy (loop, &spool_check);
+    gw_timer_destroy (loop, &status);
     //  The runner records the usage of calls cut at shutdown and ends their jobs
     //  through the links: the links, the sender and the spool go after it.
     job_runner_destroy (&runner);

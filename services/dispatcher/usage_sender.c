@@ -137,6 +137,13 @@ usage_sender_submit (usage_sender_t *self, const gw_usage_t *event)
     }
 }
 
+void
+usage_sender_status (usage_sender_t *self, const gw_status_t *status)
+{
+    gw_msg_t msg = { .id = GW_MSG_STATUS, .status = *status };
+    gw_msg_send (self->dealer, NULL, 0, &msg);
+}
+
 size_t
 usage_sender_held (usage_sender_t *self)
 {

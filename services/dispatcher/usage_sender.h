@@ -35,4 +35,8 @@ size_t usage_sender_held (usage_sender_t *self);
 /*  Makes everything submitted durable now (at shutdown). */
 void usage_sender_flush (usage_sender_t *self);
 
+/*  Sends a STATUS on the same DEALER (best effort: a status that is lost is
+    replaced by the next one). */
+void usage_sender_status (usage_sender_t *self, const gw_status_t *status);
+
 #endif
