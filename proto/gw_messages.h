@@ -211,7 +211,11 @@
     F (U64, spool_bytes, "their size in the spool")                                \
     F (U32, cpu_permille, "host CPU busy since its last report, per mille")        \
     F (U32, mem_permille, "host memory in use (total - available), per mille")     \
-    F (U32, disk_permille, "the spool's file system in use, per mille")
+    F (U32, disk_permille, "the spool's file system in use, per mille")          \
+    F (STR, balance_provider, "provider whose account balance follows, \"\" if none") \
+    F (STR, balance_currency, "currency of balance_total")                         \
+    F (STR, balance_total, "the provider's GET /user/balance total_balance")       \
+    F (BOOL, balance_available, "the provider's is_available")
 
 #define GW_USAGE_FIELDS(F)                                                          \
     F (STR, event_id, "unique: request_id.dispatch.attempt")                       \

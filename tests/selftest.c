@@ -3,6 +3,7 @@
 #include "admin_api.h"
 #include "alert_rules.h"
 #include "alert_store.h"
+#include "balance_probe.h"
 #include "call_usage.h"
 #include "chat_request.h"
 #include "dispatcher_pool.h"
@@ -51,6 +52,7 @@ static const selftest_t s_tests[] = {
     { "key_cache", key_cache_test },
     { "provider_table", provider_table_test },
     { "call_usage", call_usage_test },
+    { "balance_probe", balance_probe_test },
     { "sse_reader", sse_reader_test },
     { "usage_log", usage_log_test },
     { "price_table", price_table_test },

@@ -317,3 +317,22 @@ def test_silent_dispatcher_and_host_disk():
         finally:
             alerter.stop()
             controller.stop()
+
+
+def test_provider_balance_under_minimum():
+    controller, inbox = start_smtp()
+    # the mock's account holds CNY 110.00 (GET /user/balance); alert under 200
+    with KeyStack(accountings=1, dispatcher_env={"GW_STATUS_MS": "200", "GW_BALANCE_POLL_MS": "200"},
+                  acc_env={"GW_STATUS_MS": "200"}) as ks:
+        alerter = start_alerter(ks, controller.port, {"GW_ALERT_BALANCE_MIN": "200", "GW_ALERT_HOST_DISK": "100",
+                                                      "GW_ALERT_HOST_CPU": "100", "GW_ALERT_HOST_MEMORY": "100"})
+        try:
+            wait_for(lambda: len(inbox.messages) >= 1, 10, "the balance alert")
+            settle()
+            subjects = inbox.subjects()
+            assert len(subjects) == 1 and "Provider deepseek balance CNY 110.00, under 200.00" in subjects[0], subjects
+            # the key that read it is in no message and no table
+            assert ks.upstream_key not in str(inbox.messages[0]) and ks.upstream_key not in ks.all_table_text()
+        finally:
+            alerter.stop()
+            controller.stop()

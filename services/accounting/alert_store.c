@@ -240,7 +240,8 @@ s_state (usage_store_t *db, const key_policy_t *policy, const char *currency, js
     res = usage_store_exec (db,
                             "SELECT kind, instance, host,"
                             " (extract(epoch FROM now() - seen_at) * 1000)::bigint,"
-                            " spool_events, cpu_permille, mem_permille, disk_permille"
+                            " spool_events, cpu_permille, mem_permille, disk_permille,"
+                            " balance_provider, balance_currency, balance_total::text, balance_available"
                             " FROM instances ORDER BY kind, instance",
                             0, NULL);
     if (!res) {
@@ -248,15 +249,19 @@ s_state (usage_store_t *db, const key_policy_t *policy, const char *currency, js
         return s_unavailable (status);
     }
     json_t *instances = json_array ();
-    for (int r = 0; r < PQntuples (res); r++)
-        json_array_append_new (instances,
-                               json_pack ("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I}", "kind", PQgetvalue (res, r, 0),
-                                          "instance", PQgetvalue (res, r, 1), "host", PQgetvalue (res, r, 2),
-                                          "age_ms", (json_int_t) s_cell (res, r, 3), "spool_events",
-                                          (json_int_t) s_cell (res, r, 4), "cpu_permille",
-                                          (json_int_t) s_cell (res, r, 5), "mem_permille",
-                                          (json_int_t) s_cell (res, r, 6), "disk_permille",
-                                          (json_int_t) s_cell (res, r, 7)));
+    for (int r = 0; r < PQntuples (res); r++) {
+        json_t *one = json_pack ("{s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I}", "kind", PQgetvalue (res, r, 0),
+                                 "instance", PQgetvalue (res, r, 1), "host", PQgetvalue (res, r, 2), "age_ms",
+                                 (json_int_t) s_cell (res, r, 3), "spool_events", (json_int_t) s_cell (res, r, 4),
+                                 "cpu_permille", (json_int_t) s_cell (res, r, 5), "mem_permille",
+                                 (json_int_t) s_cell (res, r, 6), "disk_permille", (json_int_t) s_cell (res, r, 7));
+        if (!PQgetisnull (res, r, 8) && !PQgetisnull (res, r, 10))
+            json_object_set_new (one, "balance",
+                                 json_pack ("{s:s, s:s, s:s, s:b}", "provider", PQgetvalue (res, r, 8), "currency",
+                                            PQgetvalue (res, r, 9), "total", PQgetvalue (res, r, 10), "available",
+                                            strcmp (PQgetvalue (res, r, 11), "t") == 0));
+        json_array_append_new (instances, one);
+    }
     json_object_set_new (out, "instances", instances);
     PQclear (res);
 

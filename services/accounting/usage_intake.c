@@ -102,20 +102,28 @@ s_store_status (usage_intake_t *self, const gw_status_t *st)
     snprintf (cpu, sizeof cpu, "%u", st->cpu_permille > 1000 ? 1000 : st->cpu_permille);
     snprintf (mem, sizeof mem, "%u", st->mem_permille > 1000 ? 1000 : st->mem_permille);
     snprintf (disk, sizeof disk, "%u", st->disk_permille > 1000 ? 1000 : st->disk_permille);
-    const char *values[8] = { st->kind, st->instance, st->host, events, bytes, cpu, mem, disk };
+    //  A balance only when the total is a plain decimal (it goes into a numeric).
+    const char *total = st->balance_total;
+    bool decimal = *total && strspn (total, "0123456789.-") == strlen (total) && strlen (total) < 30;
+    const char *values[12] = { st->kind, st->instance, st->host, events, bytes, cpu, mem, disk,
+                               *st->balance_provider && decimal ? st->balance_provider : NULL,
+                               st->balance_currency, decimal ? total : NULL, st->balance_available ? "t" : "f" };
     PGresult *res = usage_store_exec (self->store, "BEGIN", 0, NULL);
     PQclear (res);
     res = usage_store_exec (self->store, "SET LOCAL synchronous_commit = off", 0, NULL);
     PQclear (res);
     res = usage_store_exec (self->store,
                             "INSERT INTO instances (kind, instance, host, seen_at, spool_events, spool_bytes,"
-                            " cpu_permille, mem_permille, disk_permille)"
-                            " VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8)"
+                            " cpu_permille, mem_permille, disk_permille, balance_provider, balance_currency,"
+                            " balance_total, balance_available)"
+                            " VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8, $9, $10, $11::numeric, $12)"
                             " ON CONFLICT (kind, instance) DO UPDATE SET host = EXCLUDED.host, seen_at = now(),"
                             " spool_events = EXCLUDED.spool_events, spool_bytes = EXCLUDED.spool_bytes,"
                             " cpu_permille = EXCLUDED.cpu_permille, mem_permille = EXCLUDED.mem_permille,"
-                            " disk_permille = EXCLUDED.disk_permille",
-                            8, values);
+                            " disk_permille = EXCLUDED.disk_permille, balance_provider = EXCLUDED.balance_provider,"
+                            " balance_currency = EXCLUDED.balance_currency, balance_total = EXCLUDED.balance_total,"
+                            " balance_available = EXCLUDED.balance_available",
+                            12, values);
     bool ok = res != NULL;
     PQclear (res);
     res = usage_store_exec (self->store, ok ? "COMMIT" : "ROLLBACK", 0, NULL);
@@ -129,7 +137,7 @@ s_on_status_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
     gw_host_t host;
     gw_host_sample (".", &host);
     gw_status_t st = { "accounting", self->instance, host.name, 0, 0, host.cpu_permille, host.mem_permille,
-                       host.disk_permille };
+                       host.disk_permille, "", "", "", false };
     s_store_status (self, &st);
     gw_timer_start (loop, timer, self->status_ms);
 }

@@ -127,6 +127,9 @@ static const struct {
          "  cpu_permille integer NOT NULL, mem_permille integer NOT NULL, disk_permille integer NOT NULL,"
          "  PRIMARY KEY (kind, instance)"
          ");" },
+    //  The provider account balance a dispatcher last read (GET /user/balance).
+    { 5, "ALTER TABLE instances ADD COLUMN balance_provider text, ADD COLUMN balance_currency text,"
+         "  ADD COLUMN balance_total numeric, ADD COLUMN balance_available boolean;" },
 };
 
 /*  The functions admissions and releases call. Not a migration: they hold no

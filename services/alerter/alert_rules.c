@@ -100,6 +100,15 @@ alert_rules_config_from_env (alert_rules_config_t *config)
     config->error_window_s = (int) gw_env_int ("GW_ALERT_ERROR_WINDOW_S", 300, 10, 86400);
     config->latency_p95_ms = (int) gw_env_int ("GW_ALERT_LATENCY_P95_MS", 10000, 0, 3600000);
     config->silent_s = (int) gw_env_int ("GW_ALERT_SILENT_S", 60, 1, 86400);
+    const char *min = gw_env_str ("GW_ALERT_BALANCE_MIN", NULL);
+    config->balance_min = -1;
+    if (min) {
+        config->balance_min = strtod (min, &end);
+        if (*end || !(config->balance_min >= 0)) {
+            gw_error ("rules", "GW_ALERT_BALANCE_MIN must be an amount value=%s", min);
+            return -1;
+        }
+    }
     config->spool_events = gw_env_int ("GW_ALERT_SPOOL_EVENTS", 100000, 0, INT64_MAX);
     config->host_permille[0] = (int) gw_env_int ("GW_ALERT_HOST_CPU", 80, 0, 100) * 10;
     config->host_permille[1] = (int) gw_env_int ("GW_ALERT_HOST_MEMORY", 85, 0, 100) * 10;
@@ -281,7 +290,7 @@ alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
                               config->latency_p95_ms, "window_s", seconds));
     }
     //  The instances: silent ones, growing spools, busy hosts.
-    json_t *hosts = json_object ();
+    json_t *hosts = json_object (), *balances = json_object ();
     json_t *inst;
     //  Right after accounting or its database was away, every row is old: no
     //  instance is called silent unless some accounting instance's own row
@@ -315,6 +324,16 @@ alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
                       title, (long long) config->spool_events);
             s_episode (claims, resolves, open, "spool", subject, !silent && events > config->spool_events, "warning",
                        title, text, json_pack ("{s:s, s:I}", "instance", name, "spool_events", events));
+        }
+        //  Each provider's lowest balance over the live reports, for below.
+        json_t *balance = json_object_get (inst, "balance");
+        const char *provider = json_string_value (json_object_get (balance, "provider"));
+        if (!silent && provider) {
+            json_t *seen = json_object_get (balances, provider);
+            double total = strtod (json_string_value (json_object_get (balance, "total")) ?: "0", NULL);
+            if (!seen || total < strtod (json_string_value (json_object_get (seen, "total")) ?: "0", NULL)
+                || !json_is_true (json_object_get (balance, "available")))
+                json_object_set (balances, provider, balance);
         }
         //  Each host's highest figures over its live instances, for below.
         if (!silent) {
@@ -353,6 +372,29 @@ alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
         }
     }
     json_decref (hosts);
+    //  Provider balances: unavailable (critical), or under the minimum.
+    const char *provider;
+    json_t *b;
+    json_object_foreach (balances, provider, b) {
+        const char *total = json_string_value (json_object_get (b, "total")) ?: "?";
+        const char *cur = json_string_value (json_object_get (b, "currency")) ?: "";
+        bool available = json_is_true (json_object_get (b, "available"));
+        bool low = config->balance_min >= 0 && strtod (total, NULL) < config->balance_min;
+        char subject[128], title[384], text[768];
+        snprintf (subject, sizeof subject, "provider:%s", provider);
+        if (!available)
+            snprintf (title, sizeof title, "Provider %s account not available (balance %s %s)", provider, cur, total);
+        else
+            snprintf (title, sizeof title, "Provider %s balance %s %s, under %.2f", provider, cur, total,
+                      config->balance_min);
+        snprintf (text, sizeof text,
+                  "%s\n\nTop the account up before calls fail with 402. See docs/operations.md, \"Alerts\".\n",
+                  title);
+        s_episode (claims, resolves, open, "balance", subject, !available || low, available ? "warning" : "critical",
+                   title, text, json_pack ("{s:s, s:s, s:s, s:b}", "provider", provider, "currency", cur, "total",
+                                           total, "available", available));
+    }
+    json_decref (balances);
     //  Request and token rates close to a key's limits.
     json_t *rate_entry;
     json_array_foreach (json_object_get (state, "rates"), i, rate_entry) {
@@ -529,6 +571,24 @@ alert_rules_test (bool verbose)
     }
     //  d1 silent (its host's figures ignored); d2's spool; h2's CPU (d2) and disk (a1).
     assert (strcmp (got, "silent dispatcher:d1;spool dispatcher:d2;host_cpu host:h2;host_disk host:h2;") == 0);
+    json_decref (out);
+    //  A provider balance under the minimum, read by a live dispatcher.
+    config.balance_min = 200;
+    state = s_state (-1, 0, 0, 0);
+    json_object_set_new (state, "instances",
+                         json_pack ("[{s:s, s:s, s:s, s:i, s:{s:s, s:s, s:s, s:b}},"
+                                    " {s:s, s:s, s:s, s:i}]",
+                                    "kind", "dispatcher", "instance", "d1", "host", "h1", "age_ms", 100, "balance",
+                                    "provider", "deepseek", "currency", "CNY", "total", "110.00", "available", 1,
+                                    "kind", "accounting", "instance", "a1", "host", "h1", "age_ms", 100));
+    config.host_permille[0] = config.host_permille[1] = config.host_permille[2] = 1000;
+    out = s_eval (&config, state);
+    claims = json_object_get (out, "claims");
+    assert (json_array_size (claims) == 1);
+    c = json_array_get (claims, 0);
+    assert (strcmp (json_string_value (json_object_get (c, "rule")), "balance") == 0);
+    assert (strcmp (json_string_value (json_object_get (c, "subject")), "provider:deepseek") == 0);
+    assert (strstr (json_string_value (json_object_get (c, "title")), "CNY 110.00, under 200.00"));
     json_decref (out);
     //  Levels from the environment.
     assert (s_parse_levels ("0.5,0.9,1", &config) == 0 && config.nlevels == 3);

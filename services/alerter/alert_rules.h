@@ -28,6 +28,9 @@
       host_cpu, host_memory, host_disk  a host's CPU, memory or (spool's)
                        disk above GW_ALERT_HOST_CPU / _MEMORY / _DISK percent
                        (80, 85, 90); episodic per host
+      balance          a provider's account balance (GET /user/balance, read by
+                       the dispatchers) under GW_ALERT_BALANCE_MIN, or the
+                       account not available; episodic per provider
       rate_rpm, rate_tpm  a key's sliding-minute requests or tokens at
                        GW_ALERT_RATE_LEVEL (default 0.9) of its limit; episodic
                        per key
@@ -54,6 +57,7 @@ typedef struct {
     int silent_s;  //  an instance not heard from for this long is silent
     int64_t spool_events;  //  a dispatcher spool holding more is growing
     int host_permille[3];  //  cpu, memory, disk thresholds
+    double balance_min;  //  a provider balance under this alerts; < 0: only when unavailable
 } alert_rules_config_t;
 
 /*  Reads the configuration from the environment. Returns 0, or -1 (logged) on

@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "balance_probe.h"
 #include "gw_host.h"
 
 typedef struct {
@@ -32,6 +33,7 @@ typedef struct {
     const char *id;  //  this dispatcher, in its STATUS
     const char *spool_dir;
     int status_ms;
+    balance_probe_t *balance;  //  NULL: no provider's balance is asked
 } s_usage_out_t;
 
 /*  Every GW_STATUS_MS: this dispatcher is alive, with its spool and its host's
@@ -42,9 +44,13 @@ s_send_status (gw_loop_t *loop, gw_timer_t *timer, void *arg)
     s_usage_out_t *out = arg;
     gw_host_t host;
     gw_host_sample (out->spool_dir, &host);
+    balance_t balance = { 0 };
+    if (out->balance)
+        balance_probe_get (out->balance, &balance);
     gw_status_t status = { "dispatcher", (char *) out->id, host.name, usage_spool_pending (out->spool),
                            usage_spool_bytes (out->spool), host.cpu_permille, host.mem_permille,
-                           host.disk_permille };
+                           host.disk_permille, balance.known ? balance.provider : "", balance.currency,
+                           balance.total, balance.available };
     usage_sender_status (out->sender, &status);
     gw_timer_start (loop, timer, out->status_ms);
 }
@@ -168,6 +174,11 @@ main (void)
         gw_timer_start (loop, spool_check, 100);
         status = gw_timer_new (s_send_status, &usage);
         gw_timer_start (loop, status, 0);
+        //  The account balance of one provider (DeepSeek's GET /user/balance).
+        int poll_ms = (int) gw_env_int ("GW_BALANCE_POLL_MS", 300000, 0, 86400000);
+        const provider_t *p = provider_table_find (providers, gw_env_str ("GW_BALANCE_PROVIDER", "deepseek"));
+        if (poll_ms > 0 && p && p->api_key && *p->api_key)
+            usage.balance = balance_probe_new (p, poll_ms, runner_config.currency);
     }
     if (links) {
         gw_info ("main", "started id=%s ingresses=%s slots=%d", links_config.dispatcher_id,
@@ -181,6 +192,7 @@ main (void)
     }
     gw_timer_destroy (loop, &spool_check);
     gw_timer_destroy (loop, &status);
+    balance_probe_destroy (&usage.balance);
     //  The runner records the usage of calls cut at shutdown and ends their jobs
     //  through the links: the links, the sender and the spool go after it.
     job_runner_destroy (&runner);

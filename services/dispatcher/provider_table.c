@@ -193,6 +193,15 @@ provider_table_route (provider_table_t *self, const char *model, route_step_t *s
     return n;
 }
 
+const provider_t *
+provider_table_find (provider_table_t *self, const char *name)
+{
+    for (size_t i = 0; i < self->nproviders; i++)
+        if (strcmp (self->providers[i].name, name) == 0)
+            return &self->providers[i];
+    return NULL;
+}
+
 void
 provider_table_models (provider_table_t *self, gw_strlist_t *models, gw_strlist_t *owners)
 {

@@ -41,6 +41,9 @@ size_t provider_table_route (provider_table_t *self, const char *model, route_st
 /*  Appends every public model (once) and its owner to the lists. */
 void provider_table_models (provider_table_t *self, gw_strlist_t *models, gw_strlist_t *owners);
 
+/*  The provider of that name, or NULL. */
+const provider_t *provider_table_find (provider_table_t *self, const char *name);
+
 void provider_table_test (bool verbose);
 
 #endif
