@@ -336,3 +336,26 @@ def test_provider_balance_under_minimum():
         finally:
             alerter.stop()
             controller.stop()
+
+
+def test_error_rate_resolves_with_a_notice_for_that_rule():
+    controller, inbox = start_smtp()
+    with KeyStack(accountings=1, dispatcher_env={"GW_RETRY_MAX": "0"}) as ks:
+        key = ks.create_key("caller")["key"]
+        # a 10 s window: the failures leave it soon after, and the episode resolves;
+        # only error_rate sends a resolved notice
+        alerter = start_alerter(ks, controller.port, {"GW_ALERT_ERROR_WINDOW_S": "10", "GW_ALERT_ERROR_MIN_CALLS": "5",
+                                                      "GW_ALERT_RESOLVED_NOTICE": "latency_p95,error_rate"})
+        try:
+            for i in range(10):
+                ks.chat(key, f"fail {i} [[mock status=500]]" if i % 2 == 0 else f"fine {i}", max_tokens=8)
+            wait_for(lambda: len(inbox.messages) >= 1, 10, "the error-rate alert")
+            wait_for(lambda: len(inbox.messages) >= 2, 25, "the resolved notice")
+            settle()
+            subjects = inbox.subjects()
+            assert len(subjects) == 2 and "[critical]" in subjects[0] and "[resolved]" in subjects[1], subjects
+            assert "error_rate" in subjects[1], subjects
+            assert ks.sql("SELECT count(*) FROM alerts WHERE rule = 'error_rate' AND resolved_at IS NOT NULL") == "1"
+        finally:
+            alerter.stop()
+            controller.stop()

@@ -288,6 +288,26 @@ s_on_resolved (alert_engine_t *self, json_t *answer, void *ctx)
     s_claims_done (self);
 }
 
+/*  GW_ALERT_RESOLVED_NOTICE: "all"/"1", "none"/"0", or a list of rules. */
+static bool
+s_notice_wanted (const char *setting, const char *rule)
+{
+    if (!setting || !rule || strcmp (setting, "none") == 0 || strcmp (setting, "0") == 0)
+        return false;
+    if (strcmp (setting, "all") == 0 || strcmp (setting, "1") == 0)
+        return true;
+    size_t len = strlen (rule);
+    for (const char *p = setting; *p;) {
+        size_t n = strcspn (p, ",");
+        if (n == len && strncmp (p, rule, len) == 0)
+            return true;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return false;
+}
+
 static void
 s_on_state (alert_engine_t *self, json_t *answer, void *ctx)
 {
@@ -308,8 +328,8 @@ s_on_state (alert_engine_t *self, json_t *answer, void *ctx)
     json_t *resolve;
     json_array_foreach (json_object_get (todo, "resolves"), i, resolve) {
         json_t *notice = NULL;
-        if (self->config.resolved_notice) {
-            const char *rule = json_string_value (json_object_get (resolve, "rule"));
+        const char *rule = json_string_value (json_object_get (resolve, "rule"));
+        if (s_notice_wanted (self->config.resolved_notice, rule)) {
             char title[256];
             snprintf (title, sizeof title, "[resolved] %s is back under its threshold", rule);
             notice = json_pack ("{s:s, s:s, s:s, s:s, s:s, s:s, s:{s:s}}", "rule", rule, "subject",

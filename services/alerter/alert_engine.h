@@ -28,7 +28,9 @@ typedef struct {
     int lease_ms;  //  lease lifetime (renewed every interval)
     int timeout_ms;  //  an unanswered question is given up after this
     int retry_base_ms, retry_max_ms;  //  delivery backoff
-    bool resolved_notice;  //  send a notice when an episodic alert resolves
+    //  Which episodic rules send a notice when they resolve: "all" (or "1"),
+    //  "none" (or "0"), or a comma-separated list of rule names.
+    const char *resolved_notice;
     alert_rules_config_t rules;
 } engine_config_t;
 

@@ -27,7 +27,7 @@ main (void)
         .timeout_ms = (int) gw_env_int ("GW_CONTROL_TIMEOUT_MS", 5000, 10, 600000),
         .retry_base_ms = (int) gw_env_int ("GW_ALERT_RETRY_BASE_MS", 5000, 10, 3600000),
         .retry_max_ms = (int) gw_env_int ("GW_ALERT_RETRY_MAX_MS", 300000, 10, 86400000),
-        .resolved_notice = gw_env_int ("GW_ALERT_RESOLVED_NOTICE", 1, 0, 1) == 1,
+        .resolved_notice = gw_env_str ("GW_ALERT_RESOLVED_NOTICE", "all"),
     };
     //  The lease outlives a few missed renewals, so a slow turn does not hand
     //  the sending over; a dead leader is replaced within it.
