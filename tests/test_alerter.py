@@ -265,17 +265,26 @@ def test_key_rate_near_its_limit_and_slow_first_bytes():
     controller, inbox = start_smtp()
     with KeyStack(accountings=1) as ks:
         k = ks.create_key("busy", rpm=10)
+        # no resolved notices: a minute boundary during the test slides the window down
         alerter = start_alerter(ks, controller.port, {"GW_ALERT_LATENCY_P95_MS": "150",
-                                                      "GW_ALERT_LATENCY_MIN_CALLS": "5"})
+                                                      "GW_ALERT_LATENCY_MIN_CALLS": "5",
+                                                      "GW_ALERT_RESOLVED_NOTICE": "none"})
         try:
             # 8 requests in a minute of an rpm of 10: under 90%, nothing
             spend(ks, k["key"], 8)
             wait_spent(ks, 8 * ONE)
             settle()
             assert inbox.subjects() == [], inbox.subjects()
-            # the 9th reaches 90%: one alert, however long it stays there
-            spend(ks, k["key"], 1)
-            wait_for(lambda: len(inbox.messages) >= 1, 10, "the rate alert")
+            # the 9th reaches 90% (a 10th if a minute boundary slid the window
+            # meanwhile): one alert
+            for extra in range(2):
+                spend(ks, k["key"], 1)
+                try:
+                    wait_for(lambda: len(inbox.messages) >= 1, 3, "the rate alert")
+                    break
+                except AssertionError:
+                    if extra == 1:
+                        raise
             settle()
             subjects = inbox.subjects()
             assert len(subjects) == 1 and "Key busy" in subjects[0] and "of 10 requests per minute" in subjects[0], \
@@ -285,11 +294,12 @@ def test_key_rate_near_its_limit_and_slow_first_bytes():
             for i in range(6):
                 st, _, raw = ks.chat(slow, f"slow {i} [[mock first_byte_ms=300]]", max_tokens=8)
                 assert st == 200, (st, raw)
-            wait_for(lambda: len(inbox.messages) >= 2, 10, "the latency alert")
+            wait_for(lambda: any("first byte" in x for x in inbox.subjects()), 10, "the latency alert")
             settle()
             subjects = inbox.subjects()
-            assert len(subjects) == 2 and "first byte" in subjects[1], subjects
-            assert ks.sql("SELECT string_agg(rule, ',' ORDER BY id) FROM alerts") == "rate_rpm,latency_p95"
+            assert len([x for x in subjects if "first byte" in x]) == 1, subjects
+            assert len([x for x in subjects if "requests per minute" in x]) == 1, subjects
+            assert ks.sql("SELECT count(*) FROM alerts WHERE rule = 'latency_p95'") == "1"
         finally:
             alerter.stop()
             controller.stop()
