@@ -104,7 +104,10 @@ s_store_status (usage_intake_t *self, const gw_status_t *st)
     snprintf (disk, sizeof disk, "%u", st->disk_permille > 1000 ? 1000 : st->disk_permille);
     //  A balance only when the total is a plain decimal (it goes into a numeric).
     const char *total = st->balance_total;
-    bool decimal = *total && strspn (total, "0123456789.-") == strlen (total) && strlen (total) < 30;
+    const char *d = total + (*total == '-');
+    size_t whole = strspn (d, "0123456789"), frac = d[whole] == '.' ? strspn (d + whole + 1, "0123456789") : 0;
+    bool decimal = strlen (total) < 30 && whole + frac > 0
+                   && d[whole + (d[whole] == '.' ? 1 + frac : 0)] == 0;
     const char *values[12] = { st->kind, st->instance, st->host, events, bytes, cpu, mem, disk,
                                *st->balance_provider && decimal ? st->balance_provider : NULL,
                                st->balance_currency, decimal ? total : NULL, st->balance_available ? "t" : "f" };
@@ -134,6 +137,10 @@ static void
 s_on_status_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
 {
     usage_intake_t *self = arg;
+    //  With no usage coming in, nothing else would bring the connection back
+    //  after a database restart, and every row would go stale.
+    if (!usage_store_ready (self->store) && !gw_timer_active (self->reconnect_timer))
+        gw_timer_start (loop, self->reconnect_timer, 0);
     gw_host_t host;
     gw_host_sample (".", &host);
     gw_status_t st = { "accounting", self->instance, host.name, 0, 0, host.cpu_permille, host.mem_permille,

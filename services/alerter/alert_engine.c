@@ -24,6 +24,9 @@ typedef struct {
     alert_engine_t *engine;
     int64_t id;
     int64_t attempts;
+    bool ok;  //  the outcome, kept until accounting has recorded it
+    int64_t retry_ms;
+    char error[256];
 } s_delivery_t;
 
 struct alert_engine_t {
@@ -158,15 +161,29 @@ s_inflight_done (alert_engine_t *self, s_delivery_t *d)
     free (d);
 }
 
+static void s_record (alert_engine_t *self, s_delivery_t *d);
+
 static void
 s_on_recorded (alert_engine_t *self, json_t *answer, void *ctx)
 {
-    //  Recorded or not, the delivery may be picked up again: if the record was
-    //  lost it is still pending, and the next outbox sends it again.
     s_delivery_t *d = ctx;
-    if (!answer)
-        gw_warn ("engine", "delivery outcome not recorded id=%lld", (long long) d->id);
+    if (!answer) {
+        //  Not recorded: the delivery stays in flight and the outcome is told
+        //  again, or a message that went out would go out a second time.
+        gw_warn ("engine", "delivery outcome not recorded, telling again id=%lld", (long long) d->id);
+        s_record (self, d);
+        return;
+    }
     s_inflight_done (self, d);
+}
+
+static void
+s_record (alert_engine_t *self, s_delivery_t *d)
+{
+    s_ask (self, "delivered",
+           json_pack ("{s:I, s:b, s:s, s:I}", "id", (json_int_t) d->id, "ok", d->ok, "error", d->error, "retry_ms",
+                      (json_int_t) d->retry_ms),
+           s_on_recorded, d);
 }
 
 static void
@@ -184,10 +201,10 @@ s_on_sent (void *arg, bool ok, const char *error)
     else
         gw_warn ("engine", "delivery failed id=%lld attempts=%lld retry_ms=%lld error=%s", (long long) d->id,
                  (long long) d->attempts + 1, (long long) retry, error ? error : "");
-    s_ask (self, "delivered",
-           json_pack ("{s:I, s:b, s:s, s:I}", "id", (json_int_t) d->id, "ok", ok, "error", error ? error : "",
-                      "retry_ms", (json_int_t) retry),
-           s_on_recorded, d);
+    d->ok = ok;
+    d->retry_ms = retry;
+    snprintf (d->error, sizeof d->error, "%s", error ? error : "");
+    s_record (self, d);
 }
 
 static void

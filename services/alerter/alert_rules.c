@@ -163,10 +163,21 @@ s_is_open (json_t *open, const char *rule, const char *subject)
 
 /*  An episodic rule: claimed (period "open") while it holds, resolved once it
     no longer does, if it was open. alert is taken over (freed when not used). */
+/*  Subjects evaluated by episodic rules during one alert_rules_evaluate call
+    ("rule subject"), so that episodes left open for subjects gone from the
+    state (an instance removed, a key revoked) are resolved at its end. The
+    alerter evaluates on one thread. */
+static json_t *s_seen;
+
 static void
 s_episode (json_t *claims, json_t *resolves, json_t *open, const char *rule, const char *subject, bool firing,
            const char *severity, const char *title, const char *text, json_t *alert)
 {
+    if (s_seen) {
+        char key[512];
+        snprintf (key, sizeof key, "%s %s", rule, subject);
+        json_object_set_new (s_seen, key, json_true ());
+    }
     if (firing)
         s_claim_as (claims, rule, subject, "open", "open", severity, title, text, alert);
     else {
@@ -213,6 +224,7 @@ json_t *
 alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
 {
     json_t *claims = json_array (), *resolves = json_array ();
+    s_seen = json_object ();
     const char *currency = json_string_value (json_object_get (state, "currency"));
     if (!currency)
         currency = "";
@@ -331,8 +343,11 @@ alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
         if (!silent && provider) {
             json_t *seen = json_object_get (balances, provider);
             double total = strtod (json_string_value (json_object_get (balance, "total")) ?: "0", NULL);
-            if (!seen || total < strtod (json_string_value (json_object_get (seen, "total")) ?: "0", NULL)
-                || !json_is_true (json_object_get (balance, "available")))
+            bool available = json_is_true (json_object_get (balance, "available"));
+            bool seen_available = seen && json_is_true (json_object_get (seen, "available"));
+            //  An unavailable account wins; among the rest, the lowest balance.
+            if (!seen || (seen_available && !available)
+                || (seen_available && total < strtod (json_string_value (json_object_get (seen, "total")) ?: "0", NULL)))
                 json_object_set (balances, provider, balance);
         }
         //  Each host's highest figures over its live instances, for below.
@@ -425,6 +440,26 @@ alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
                        json_pack ("{s:I, s:s, s:I, s:f}", "key_id", id, "name", name, "limit", limit, "used", used));
         }
     }
+    //  Open episodes whose subject no rule looked at: gone (an instance removed,
+    //  a key revoked, a provider no longer read). Only when the instances'
+    //  figures are current, so an outage does not resolve them all.
+    const char *gone[] = { "silent", "spool", "host_cpu", "host_memory", "host_disk", "balance", "rate_rpm",
+                           "rate_tpm" };
+    json_t *o;
+    json_array_foreach (json_object_get (state, "open"), i, o) {
+        const char *rule = json_string_value (json_object_get (o, "rule")) ?: "";
+        const char *subject = json_string_value (json_object_get (o, "subject")) ?: "";
+        bool instance_rule = strncmp (rule, "rate_", 5) != 0;
+        bool known = false;
+        for (size_t g = 0; g < sizeof gone / sizeof gone[0]; g++)
+            known |= strcmp (rule, gone[g]) == 0;
+        char key[512];
+        snprintf (key, sizeof key, "%s %s", rule, subject);
+        if (known && (current || !instance_rule) && !json_object_get (s_seen, key))
+            json_array_append_new (resolves, json_pack ("{s:s, s:s}", "rule", rule, "subject", subject));
+    }
+    json_decref (s_seen);
+    s_seen = NULL;
     return json_pack ("{s:o, s:o}", "claims", claims, "resolves", resolves);
 }
 
@@ -589,6 +624,16 @@ alert_rules_test (bool verbose)
     assert (strcmp (json_string_value (json_object_get (c, "rule")), "balance") == 0);
     assert (strcmp (json_string_value (json_object_get (c, "subject")), "provider:deepseek") == 0);
     assert (strstr (json_string_value (json_object_get (c, "title")), "CNY 110.00, under 200.00"));
+    json_decref (out);
+    //  An open episode of an instance no longer in the state resolves (when the
+    //  figures are current: an accounting row is fresh).
+    state = s_state (-1, 0, 0, 0);
+    json_object_set_new (state, "instances", json_pack ("[{s:s, s:s, s:s, s:i}]", "kind", "accounting", "instance",
+                                                        "a1", "host", "h1", "age_ms", 100));
+    json_object_set_new (state, "open", json_pack ("[{s:s, s:s}]", "rule", "silent", "subject", "dispatcher:old"));
+    out = s_eval (&config, state);
+    r = json_array_get (json_object_get (out, "resolves"), 0);
+    assert (r && strcmp (json_string_value (json_object_get (r, "subject")), "dispatcher:old") == 0);
     json_decref (out);
     //  Levels from the environment.
     assert (s_parse_levels ("0.5,0.9,1", &config) == 0 && config.nlevels == 3);

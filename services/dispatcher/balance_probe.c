@@ -23,6 +23,7 @@ struct balance_probe_t {
     pthread_cond_t wake;
     bool stop;
     balance_t last;
+    int failures;  //  polls failed in a row
 };
 
 int
@@ -89,11 +90,19 @@ s_probe (balance_probe_t *self)
     if (rc != CURLE_OK || status != 200
         || balance_parse (body.data ? body.data : "", body.len, self->currency, &got))
         //  The key is not in the message: only what went wrong.
+    {
         gw_warn ("balance", "no balance provider=%s status=%ld curl=%s", self->provider->name, status,
                  curl_easy_strerror (rc));
+        //  A balance read long ago is not reported as if it were current.
+        pthread_mutex_lock (&self->lock);
+        if (++self->failures >= 3)
+            self->last.known = false;
+        pthread_mutex_unlock (&self->lock);
+    }
     else {
         pthread_mutex_lock (&self->lock);
         self->last = got;
+        self->failures = 0;
         pthread_mutex_unlock (&self->lock);
         gw_debug ("balance", "provider=%s total=%s %s available=%d", got.provider, got.total, got.currency,
                   got.available);
