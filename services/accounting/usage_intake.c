@@ -30,7 +30,7 @@ struct usage_intake_t {
     usage_row_t *rows;
     gw_timer_t *reconnect_timer;
     gw_timer_t *status_timer;  //  accounting's own STATUS row
-    char instance[96];
+    char instance[400];
     int status_ms;
     int reconnect_ms;
     uint64_t stored, unpriced, batches;
@@ -255,7 +255,9 @@ usage_intake_new (gw_loop_t *loop, void *zmq_ctx, const intake_config_t *config,
     gw_timer_start (loop, self->status_timer, 0);
     char host[64] = "";
     gethostname (host, sizeof host - 1);
-    snprintf (self->instance, sizeof self->instance, "a-%s-%d", host, (int) getpid ());
+    //  Named after its host and endpoint, which outlive a restart: a restarted
+    //  instance takes its row back instead of leaving a silent one behind.
+    snprintf (self->instance, sizeof self->instance, "%s %s", host, config->endpoint);
     self->router = zmq_socket (zmq_ctx, ZMQ_ROUTER);
     int zero = 0, hwm = (int) (2 * config->batch_max), sndhwm = 200000;
     zmq_setsockopt (self->router, ZMQ_LINGER, &zero, sizeof zero);
