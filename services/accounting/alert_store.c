@@ -334,14 +334,37 @@ s_claim (usage_store_t *db, json_t *in, uint32_t *status)
 static char *
 s_resolve (usage_store_t *db, json_t *in, uint32_t *status)
 {
-    const char *values[2] = { s_str (in, "rule"), s_str (in, "subject") };
-    if (!values[0] || !values[1])
-        return s_error (status, 400, "resolve needs rule and subject");
-    //  The open episode moves out of the way of the next one ("open" is unique).
-    PGresult *res = usage_store_exec (db,
-                                      "UPDATE alerts SET resolved_at = now(), period = 'resolved-' || id"
-                                      " WHERE rule = $1 AND subject = $2 AND period = 'open' RETURNING id",
-                                      2, values);
+    json_t *notice = json_object_get (in, "notice");
+    char *alert_text = NULL, *channels_text = NULL;
+    if (json_is_object (notice)) {
+        alert_text = json_dumps (json_object_get (notice, "alert") ?: json_object (), JSON_COMPACT);
+        channels_text = json_dumps (json_object_get (notice, "channels") ?: json_array (), JSON_COMPACT);
+    }
+    const char *values[6] = { s_str (in, "rule"), s_str (in, "subject"),
+                              notice ? s_str (notice, "title") : NULL, notice ? s_str (notice, "text") : NULL,
+                              alert_text, channels_text };
+    if (!values[0] || !values[1] || (notice && (!values[2] || !values[3]))) {
+        free (alert_text);
+        free (channels_text);
+        return s_error (status, 400, "resolve needs rule and subject (and a notice with title and text)");
+    }
+    //  The open episode moves out of the way of the next one ("open" is
+    //  unique), and its resolved notice, if one is wanted, is recorded with its
+    //  deliveries in the same statement: no crash can close one without the other.
+    PGresult *res = usage_store_exec (
+        db,
+        "WITH r AS (UPDATE alerts SET resolved_at = now(), period = 'resolved-' || id"
+        "  WHERE rule = $1 AND subject = $2 AND period = 'open' RETURNING id),"
+        " n AS (INSERT INTO alerts (rule, subject, period, level, severity, title, body, alert)"
+        "  SELECT $1, $2, 'resolved-' || r.id, 'resolved', 'resolved', $3::text, $4::text, $5::jsonb FROM r"
+        "  WHERE $3::text IS NOT NULL"
+        "  ON CONFLICT (rule, subject, period, level) DO NOTHING RETURNING id),"
+        " d AS (INSERT INTO alert_deliveries (alert_id, channel)"
+        "  SELECT n.id, c FROM n, jsonb_array_elements_text(coalesce($6::text, '[]')::jsonb) c RETURNING alert_id)"
+        " SELECT id FROM r",
+        6, values);
+    free (alert_text);
+    free (channels_text);
     if (!res)
         return s_unavailable (status);
     json_t *ids = json_array ();

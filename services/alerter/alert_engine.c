@@ -285,23 +285,11 @@ s_channels (alert_engine_t *self)
 static void
 s_on_resolved (alert_engine_t *self, json_t *answer, void *ctx)
 {
-    json_t *claim = ctx;  //  the resolved notice to claim, if wanted
+    (void) ctx;
     size_t i;
     json_t *id;
-    json_array_foreach (json_object_get (answer, "resolved"), i, id) {
+    json_array_foreach (json_object_get (answer, "resolved"), i, id)
         gw_info ("engine", "alert resolved id=%lld", (long long) json_integer_value (id));
-        if (!claim)
-            continue;
-        //  A notice of its own, once per resolved episode.
-        char period[48];
-        snprintf (period, sizeof period, "resolved-%lld", (long long) json_integer_value (id));
-        json_t *notice = json_deep_copy (claim);
-        json_object_set_new (notice, "period", json_string (period));
-        json_object_set_new (notice, "channels", s_channels (self));
-        self->claims_open++;
-        s_ask (self, "claim", notice, s_on_claimed, NULL);
-    }
-    json_decref (claim);
     s_claims_done (self);
 }
 
@@ -348,13 +336,20 @@ s_on_state (alert_engine_t *self, json_t *answer, void *ctx)
         const char *rule = json_string_value (json_object_get (resolve, "rule"));
         if (s_notice_wanted (self->config.resolved_notice, rule)) {
             char title[256];
-            snprintf (title, sizeof title, "[resolved] %s is back under its threshold", rule);
+            snprintf (title, sizeof title, "[resolved] %s (%s) is back under its threshold", rule,
+                      json_string_value (json_object_get (resolve, "subject")) ?: "");
             notice = json_pack ("{s:s, s:s, s:s, s:s, s:s, s:s, s:{s:s}}", "rule", rule, "subject",
                                 json_string_value (json_object_get (resolve, "subject")), "level", "resolved",
                                 "severity", "resolved", "title", title, "text", title, "alert", "rule", rule);
         }
+        json_t *ask = json_deep_copy (resolve);
+        if (notice) {
+            //  Recorded by accounting together with the resolution itself.
+            json_object_set_new (notice, "channels", s_channels (self));
+            json_object_set_new (ask, "notice", notice);
+        }
         self->claims_open++;
-        s_ask (self, "resolve", json_incref (resolve), s_on_resolved, notice);
+        s_ask (self, "resolve", ask, s_on_resolved, NULL);
     }
     json_decref (todo);
     s_claims_done (self);
@@ -424,8 +419,6 @@ alert_engine_destroy (alert_engine_t **self_p)
     while (self->questions) {
         s_question_t *q = self->questions;
         self->questions = q->next;
-        if (q->fn == s_on_resolved)
-            json_decref (q->ctx);
         free (q);
     }
     for (int i = 0; i < INFLIGHT_MAX; i++)
