@@ -321,17 +321,17 @@ s_on_state (alert_engine_t *self, json_t *answer, void *ctx)
         self->cycling = false;
         return;
     }
-    json_t *todo = alert_rules_evaluate (&self->config.rules, answer);
+    json_t *actions = alert_rules_evaluate (&self->config.rules, answer);
     self->claims_open = 1;  //  held until every question below is sent
     size_t i;
     json_t *claim;
-    json_array_foreach (json_object_get (todo, "claims"), i, claim) {
+    json_array_foreach (json_object_get (actions, "claims"), i, claim) {
         json_object_set_new (claim, "channels", s_channels (self));
         self->claims_open++;
         s_ask (self, "claim", json_incref (claim), s_on_claimed, NULL);
     }
     json_t *resolve;
-    json_array_foreach (json_object_get (todo, "resolves"), i, resolve) {
+    json_array_foreach (json_object_get (actions, "resolves"), i, resolve) {
         json_t *notice = NULL;
         const char *rule = json_string_value (json_object_get (resolve, "rule"));
         if (s_notice_wanted (self->config.resolved_notice, rule)) {
@@ -351,7 +351,7 @@ s_on_state (alert_engine_t *self, json_t *answer, void *ctx)
         self->claims_open++;
         s_ask (self, "resolve", ask, s_on_resolved, NULL);
     }
-    json_decref (todo);
+    json_decref (actions);
     s_claims_done (self);
 }
 
