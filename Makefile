@@ -32,7 +32,7 @@ PROGRAMS := $(BIN)/ingress $(BIN)/dispatcher $(BIN)/accounting $(BIN)/alerter $(
 
 DEB_PACKAGES := build-essential pkg-config libczmq-dev libzmq3-dev libmicrohttpd-dev \
   libcurl4-openssl-dev libjansson-dev libmsgpack-dev libpq-dev libssl-dev postgresql python3 curl \
-  python3-aiosmtpd openssl
+  python3-aiosmtpd openssl faketime
 
 .PHONY: all deps run test test-asan asan selftest fuzz bench-accounting clean
 all: $(PROGRAMS)

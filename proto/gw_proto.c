@@ -238,12 +238,12 @@ s_free_STRLIST (gw_strlist_t *v)
     i++;
 #define GW_FREE_FIELD(type, field, desc) s_free_##type (&m->field);
 
-#define GW_MESSAGE_FUNCS(NAME, num, name, desc)                                      \
+#define GW_MESSAGE_FUNCS(NAME, num, name, version, desc)                        \
     enum { s_##name##_nfields = 0 GW_##NAME##_FIELDS (GW_COUNT_FIELD) };            \
     static void s_pack_##name (msgpack_packer *pk, const gw_##name##_t *m)          \
     {                                                                               \
         msgpack_pack_array (pk, 2 + s_##name##_nfields);                            \
-        msgpack_pack_uint32 (pk, GW_PROTO_VERSION);                                 \
+        msgpack_pack_uint32 (pk, version);                                          \
         msgpack_pack_uint32 (pk, num);                                               \
         GW_##NAME##_FIELDS (GW_PACK_FIELD)                                          \
     }                                                                               \
@@ -268,7 +268,7 @@ const char *
 gw_msg_name (int id)
 {
     switch (id) {
-#define GW_NAME_CASE(NAME, num, name, desc)                                          \
+#define GW_NAME_CASE(NAME, num, name, version, desc)                            \
     case num:                                                                        \
         return #NAME;
         GW_MESSAGES (GW_NAME_CASE)
@@ -285,7 +285,7 @@ gw_msg_encode (const gw_msg_t *msg, char **data_p, size_t *size_p)
     msgpack_sbuffer_init (&sbuf);
     msgpack_packer_init (&pk, &sbuf, msgpack_sbuffer_write);
     switch (msg->id) {
-#define GW_PACK_CASE(NAME, num, name, desc)                                          \
+#define GW_PACK_CASE(NAME, num, name, version, desc)                            \
     case GW_MSG_##NAME:                                                             \
         s_pack_##name (&pk, &msg->name);                                            \
         break;
@@ -425,9 +425,9 @@ gw_msg_decode (const void *data, size_t size, gw_msg_t *msg, char *err, size_t e
             msg->version = version;
             int frc = -1;
             switch (id) {
-#define GW_UNPACK_CASE(NAME, num, name, desc)                                        \
+#define GW_UNPACK_CASE(NAME, num, name, msg_version, desc)                      \
     case GW_MSG_##NAME:                                                             \
-        frc = s_unpack_##name (f + 2, n, version < GW_PROTO_VERSION, &msg->name);                               \
+        frc = s_unpack_##name (f + 2, n, version < GW_VERSION_##NAME, &msg->name);  \
         break;
                 GW_MESSAGES (GW_UNPACK_CASE)
 #undef GW_UNPACK_CASE
@@ -446,7 +446,7 @@ void
 gw_msg_clear (gw_msg_t *msg)
 {
     switch (msg->id) {
-#define GW_FREE_CASE(NAME, num, name, desc)                                          \
+#define GW_FREE_CASE(NAME, num, name, version, desc)                            \
     case GW_MSG_##NAME:                                                             \
         s_free_##name (&msg->name);                                                 \
         break;
@@ -625,7 +625,7 @@ gw_proto_test (bool verbose)
     gw_msg_clear (&out);
     gw_msg_clear (&out);
 
-#define GW_TEST_EMPTY(NAME, num, name, desc)                                         \
+#define GW_TEST_EMPTY(NAME, num, name, version, desc)                           \
     in = (gw_msg_t) { .id = GW_MSG_##NAME };                                        \
     s_roundtrip (&in, &out);                                                        \
     assert (strcmp (gw_msg_name (out.id), #NAME) == 0);                             \
@@ -638,11 +638,11 @@ gw_proto_test (bool verbose)
     size_t size;
     in = (gw_msg_t) { .id = GW_MSG_CREDIT, .credit = { 5 } };
     gw_msg_encode (&in, &data, &size);
-    assert (data[1] == GW_PROTO_VERSION);
+    assert (data[1] == GW_VERSION_CREDIT);  //  unchanged since version 1: older peers read it
     data[1] = GW_PROTO_VERSION + 1;
     char err[64];
     assert (gw_msg_decode (data, size, &out, err, sizeof err) == GW_DECODE_VERSION);
-    data[1] = GW_PROTO_VERSION;
+    data[1] = GW_VERSION_CREDIT;
     //  Every truncation and every single-byte corruption decodes or fails cleanly.
     for (size_t cut = 0; cut < size; cut++)
         assert (gw_msg_decode (data, cut, &out, NULL, 0) != GW_DECODE_OK);
@@ -675,6 +675,26 @@ gw_proto_test (bool verbose)
         gw_msg_clear (&out);
         sb.data[1] = GW_PROTO_VERSION;
         assert (gw_msg_decode (sb.data, sb.size, &out, NULL, 0) == GW_DECODE_MALFORMED);
+        //  A version 2 STATUS (before `leaving`) still reads, as not leaving.
+        msgpack_sbuffer_clear (&sb);
+        msgpack_pack_array (&pk, 2 + 12);
+        msgpack_pack_uint32 (&pk, 2);
+        msgpack_pack_uint32 (&pk, GW_MSG_STATUS);
+        for (int k = 0; k < 3; k++)
+            msgpack_pack_str_with_body (&pk, "x", 1);
+        for (int k = 0; k < 5; k++)
+            msgpack_pack_uint32 (&pk, 1);
+        for (int k = 0; k < 3; k++)
+            msgpack_pack_str_with_body (&pk, "", 0);
+        msgpack_pack_true (&pk);
+        assert (gw_msg_decode (sb.data, sb.size, &out, NULL, 0) == GW_DECODE_OK);
+        assert (out.version == 2 && out.status.balance_available && !out.status.leaving);
+        gw_msg_clear (&out);
+        //  HELLO says the sender's protocol version; others their own.
+        in = (gw_msg_t) { .id = GW_MSG_HELLO };
+        gw_msg_encode (&in, &data, &size);
+        assert (data[1] == GW_PROTO_VERSION);
+        free (data);
         msgpack_sbuffer_destroy (&sb);
         in = (gw_msg_t) { .id = GW_MSG_END };
         s_roundtrip (&in, &out);

@@ -31,13 +31,20 @@ typedef struct {
 #define GW_CTYPE_STRLIST gw_strlist_t
 
 typedef enum {
-#define GW_ENUM_ENTRY(NAME, num, name, desc) GW_MSG_##NAME = num,
+#define GW_ENUM_ENTRY(NAME, num, name, version, desc) GW_MSG_##NAME = num,
     GW_MESSAGES (GW_ENUM_ENTRY)
 #undef GW_ENUM_ENTRY
 } gw_msg_id_t;
 
+/*  Each message's version (gw_messages.h): GW_VERSION_JOB, ... */
+enum {
+#define GW_VERSION_ENTRY(NAME, num, name, version, desc) GW_VERSION_##NAME = version,
+    GW_MESSAGES (GW_VERSION_ENTRY)
+#undef GW_VERSION_ENTRY
+};
+
 #define GW_FIELD_DECL(type, field, desc) GW_CTYPE_##type field;
-#define GW_STRUCT_DECL(NAME, num, name, desc)                                        \
+#define GW_STRUCT_DECL(NAME, num, name, version, desc)                          \
     typedef struct {                                                                \
         GW_##NAME##_FIELDS (GW_FIELD_DECL)                                          \
     } gw_##name##_t;
@@ -47,11 +54,12 @@ GW_MESSAGES (GW_STRUCT_DECL)
 
 typedef struct {
     gw_msg_id_t id;
-    //  The sender's protocol version, set by gw_msg_decode (0 in a message
-    //  built for sending: those always go out as GW_PROTO_VERSION).
+    //  The version in the message's header, set by gw_msg_decode (0 in a
+    //  message built for sending: those go out with their message's version;
+    //  for HELLO, the sender's protocol version).
     uint32_t version;
     union {
-#define GW_UNION_ENTRY(NAME, num, name, desc) gw_##name##_t name;
+#define GW_UNION_ENTRY(NAME, num, name, version, desc) gw_##name##_t name;
         GW_MESSAGES (GW_UNION_ENTRY)
 #undef GW_UNION_ENTRY
     };

@@ -12,7 +12,7 @@ Python 3 standard library only.
         db.start()                         # crash recovery; committed rows are there
     # leaving the block destroys it: stopped and the directory removed
 
-API of Postgres(dbname="gateway"):
+API of Postgres(dbname="gateway", env=None):  (env: added to the server's environment)
   start()            first call: initdb (trust auth, UTF8, --no-sync) into a fresh
                      directory under /tmp, pick a free port on 127.0.0.1, start, create
                      the database; later calls: start the same cluster again on the same
@@ -196,8 +196,9 @@ def _gone(pid):
 
 
 class Postgres:
-    def __init__(self, dbname="gateway"):
+    def __init__(self, dbname="gateway", env=None):
         self.dbname = dbname
+        self.extra_env = dict(env or {})  # added to the server's environment (e.g. libfaketime)
         self.host = "127.0.0.1"
         self.user = PG_USER
         self.port = None
@@ -281,7 +282,7 @@ class Postgres:
                 os.fchown(log.fileno(), *_pg_ids())
             self._proc = subprocess.Popen(
                 _as_pg([_bin("postgres"), "-D", self.data_dir]),
-                cwd=self.dir, env=_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                cwd=self.dir, env={**_env(), **self.extra_env}, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True)  # a Ctrl-C at the terminal is for the test, not for it
         pidfile = os.path.join(self.data_dir, "postmaster.pid")
         deadline = time.monotonic() + timeout

@@ -11,17 +11,20 @@ prompt "spend" as 4 + ceil(5 / 4) = 6 cache-miss tokens and answers max_tokens =
 output tokens: ONE below, 0.00006 CNY.
 """
 
+import datetime
 import email
 import email.policy
+import glob
 import os
 import sys
+import tempfile
 import threading
 import time
 import warnings
 
 import harness
 from test_gateway import BIN, kill9, wait_for
-from test_keys import KeyStack, decimal_of
+from test_keys import PRICES, KeyStack, decimal_of
 
 warnings.filterwarnings("ignore", module="aiosmtpd")
 try:
@@ -63,7 +66,10 @@ def start_alerter(ks, smtp_port, extra=None):
     env = {"GW_CONTROL_ENDPOINTS": ",".join(ks.control_eps), "GW_ALERT_INTERVAL_MS": "200",
            "GW_ALERT_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}", "GW_ALERT_SMTP_TLS": "none",
            "GW_ALERT_EMAIL_TO": "ops@example.com,cfo@example.com", "GW_ALERT_EMAIL_FROM": "gateway@example.com",
-           "GW_ALERT_RETRY_BASE_MS": "200", "GW_ALERT_RETRY_MAX_MS": "1000", "GW_LOG_LEVEL": "info"}
+           "GW_ALERT_RETRY_BASE_MS": "200", "GW_ALERT_RETRY_MAX_MS": "1000", "GW_LOG_LEVEL": "info",
+           # the host rules only where a test asks for them: a busy test machine
+           # would otherwise add CPU alerts to the emails the tests count
+           "GW_ALERT_HOST_CPU": "100", "GW_ALERT_HOST_MEMORY": "100", "GW_ALERT_HOST_DISK": "100"}
     env.update(extra or {})
     return harness.start("alerter", [os.path.join(BIN, "alerter")], env)
 
@@ -318,12 +324,35 @@ def test_silent_dispatcher_and_host_disk():
             subjects = inbox.subjects()
             assert len(subjects) == 1 and "disk" in subjects[0], subjects
             assert ks.sql("SELECT count(*) FROM instances WHERE kind = 'dispatcher'") == "1"
+            # the ingresses report their host too (one may be alone on a host),
+            # under a stable name: host:port
+            port = ks.url.rsplit(":", 1)[1]
+            assert ks.sql(f"SELECT count(*) FROM instances WHERE kind = 'ingress' AND host <> ''"
+                          f" AND instance LIKE '%:{port}' AND disk_permille > 0") == "1"
+            assert ks.sql("SELECT count(*) FROM instances WHERE kind = 'ingress'") == "2"
+            # an ingress and a dispatcher stopped cleanly say so: gone, not silent
+            live = "SELECT count(*) FROM instances WHERE left_at IS NULL AND kind = "
+            ks.stack.ingresses[1].stop()
+            wait_for(lambda: ks.sql(live + "'ingress'") == "1", 10, "the stopped ingress's row left")
+            extra = ks.stack.add_dispatcher({"GW_ACCOUNTING_ENDPOINTS": ",".join(ks.usage_eps),
+                                             "GW_SPOOL_DIR": os.path.join(ks.tmp, "spool-extra"),
+                                             "GW_PRICES": PRICES, "GW_STATUS_MS": "200",
+                                             "GW_DISPATCHER_ID": "d-extra"})
+            wait_for(lambda: ks.sql(live + "'dispatcher'") == "2", 10, "the second dispatcher's row")
+            extra.stop()
+            wait_for(lambda: ks.sql(live + "'dispatcher'") == "1", 10, "the stopped dispatcher's row left")
             kill9(ks.stack.dispatchers[0])
             wait_for(lambda: len(inbox.messages) >= 2, 15, "the silent dispatcher alert")
-            settle()
+            settle(7)  # past an ingress's silence threshold (3 reports of 2 s)
             subjects = inbox.subjects()
             assert len(subjects) == 2 and "dispatcher" in subjects[1] and "silent" in subjects[1], subjects
             assert "[critical]" in subjects[1], subjects
+            assert ks.sql("SELECT alert->>'instance' FROM alerts WHERE rule = 'silent'") == \
+                ks.sql("SELECT instance FROM instances WHERE kind = 'dispatcher' AND left_at IS NULL")
+            # accounting stopped cleanly leaves too
+            alerter.stop()
+            ks.accountings[0].stop()
+            assert ks.sql(live + "'accounting'") == "0"
         finally:
             alerter.stop()
             controller.stop()
@@ -369,3 +398,95 @@ def test_error_rate_resolves_with_a_notice_for_that_rule():
         finally:
             alerter.stop()
             controller.stop()
+
+
+def faked_clock(path):
+    """Environment that runs a process on the clock in path (libfaketime): an
+    offset in seconds from the real clock ("+0", "-300", "+86400"), read again
+    on every call, so the test moves the clock by rewriting the file. Monotonic
+    clocks stay real (timers, ZeroMQ and libcurl keep working across a jump)."""
+    libs = glob.glob("/usr/lib/*/faketime/libfaketime.so.1")
+    assert libs, "libfaketime is missing: make deps installs the faketime package"
+    return {"LD_PRELOAD": libs[0], "FAKETIME_TIMESTAMP_FILE": path, "FAKETIME_NO_CACHE": "1",
+            "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            # under ASan, libfaketime comes first in the library list
+            "ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0").lstrip(":")}
+
+
+def set_clock(path, when):
+    """Moves the faked clock so that it reads `when` (UTC datetime) now."""
+    offset = round(when.timestamp() - time.time())
+    with open(path + ".new", "w") as f:
+        f.write(f"{offset:+d}\n")
+    os.chmod(path + ".new", 0o644)  # PostgreSQL reads it as the postgres user
+    os.replace(path + ".new", path)
+
+
+def test_next_day_crossing_sends_again():
+    """The period is part of an alert's identity: the next UTC day's crossings of
+    the same daily limit send again, and a crossing in the last seconds of a day,
+    while no alerter runs, is still sent once one starts in the next day.
+    PostgreSQL (whose now() names the periods) and the dispatcher (whose call
+    times file the spend under a day) run on a clock the test moves: noon of day
+    1, noon of day 2, then 5 s before day 3. Each jump leaves every instance row
+    old: none may be called silent for it."""
+    fd, clock = tempfile.mkstemp(prefix="gw-clock-", dir="/tmp")
+    os.close(fd)
+    today = datetime.datetime.now(datetime.timezone.utc).replace(hour=12, minute=0, second=0, microsecond=0)
+    day = [today + datetime.timedelta(days=n) for n in range(3)]  # noon of day 1, 2 and 3
+    names = [d.strftime("%Y-%m-%d") for d in day]
+    set_clock(clock, day[0])
+    faked = faked_clock(clock)
+    controller, inbox = start_smtp()
+    try:
+        with KeyStack(accountings=1, pg_env=faked, acc_env={"GW_STATUS_MS": "200"},
+                      dispatcher_env={**faked, "GW_STATUS_MS": "200"}) as ks:
+            key = ks.create_key("spender")["key"]
+            env = {"GW_ALERT_SPEND_LIMIT_DAY": f"{decimal_of(10 * ONE):.6f}", "GW_ALERT_SILENT_S": "2"}
+            alerter = start_alerter(ks, controller.port, env)
+            try:
+                assert ks.sql("SELECT current_date") == names[0]
+                spend(ks, key, 10)
+                wait_spent(ks, 10 * ONE)
+                wait_for(lambda: len(inbox.messages) >= 2, 10, "day 1: the 80% and 100% emails")
+                settle()
+                assert len(inbox.messages) == 2, inbox.subjects()
+
+                # day 2: the spend starts at zero; 7 requests stay under 80%
+                set_clock(clock, day[1])
+                assert ks.sql("SELECT current_date") == names[1]
+                spend(ks, key, 7)
+                wait_spent(ks, 17 * ONE)
+                settle(3)  # past the silence threshold, after the jump
+                assert len(inbox.messages) == 2, inbox.subjects()
+                spend(ks, key, 1)
+                wait_for(lambda: len(inbox.messages) >= 3, 10, "day 2: the 80% email")
+                # the figures are the day's own: 8 requests' cost, not 18
+                assert f"(CNY {decimal_of(8 * ONE).normalize()} of" in inbox.subjects()[2], inbox.subjects()
+
+                # the last seconds of day 2, with no alerter: 100% is crossed
+                kill9(alerter)
+                set_clock(clock, day[2] - datetime.timedelta(hours=12, seconds=12))
+                spend(ks, key, 2)
+                wait_spent(ks, 20 * ONE)
+                wait_for(lambda: ks.sql("SELECT current_date") == names[2], 20, "midnight")
+                assert len(inbox.messages) == 3, inbox.subjects()
+                # day 3 has begun: the alerter that starts now still sends day 2's 100%
+                alerter = start_alerter(ks, controller.port, env)
+                wait_for(lambda: len(inbox.messages) >= 4, 10, "day 2's 100% email, sent on day 3")
+                settle(3)
+                subjects = inbox.subjects()
+                assert len(subjects) == 4, subjects
+                assert ["80%" in s for s in subjects] == [True, False, True, False], subjects
+                assert all("100%" in s for s in (subjects[1], subjects[3])), subjects
+                assert ks.sql("SELECT string_agg(rule || ' ' || period || ' ' || level, ',' ORDER BY id) FROM alerts") \
+                    == f"spend_day {names[0]} 80%,spend_day {names[0]} 100%," \
+                       f"spend_day {names[1]} 80%,spend_day {names[1]} 100%"
+                # the stored calls are filed under the day they were made
+                assert ks.sql("SELECT string_agg(d || ':' || n, ',' ORDER BY d) FROM (SELECT started_at::date AS d,"
+                              " count(*) AS n FROM usage_events GROUP BY 1) t") == f"{names[0]}:10,{names[1]}:10"
+            finally:
+                alerter.stop()
+    finally:
+        controller.stop()
+        os.unlink(clock)

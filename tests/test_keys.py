@@ -67,7 +67,8 @@ def decimal_of(pico):
 class KeyStack:
     """PostgreSQL + accounting x N + (mock, dispatcher, two ingresses with keys on)."""
 
-    def __init__(self, accountings=2, acc_env=None, ingress_env=None, dispatcher_env=None, upstream_key=None):
+    def __init__(self, accountings=2, acc_env=None, ingress_env=None, dispatcher_env=None, upstream_key=None,
+                 pg_env=None):
         self.admin_key = "adm-" + secrets.token_hex(16)
         self.upstream_key = upstream_key or "sk-upstream-" + secrets.token_hex(12)
         self.tmp = tempfile.mkdtemp(prefix="gw-keys-")
@@ -76,7 +77,7 @@ class KeyStack:
         self.accountings = []
         self.stack = None
         try:
-            self.db = Postgres().start()
+            self.db = Postgres(env=pg_env).start()
             self.usage_eps = [f"tcp://127.0.0.1:{harness.free_port()}" for _ in range(accountings)]
             self.control_eps = [f"tcp://127.0.0.1:{harness.free_port()}" for _ in range(accountings)]
             for usage_ep, control_ep in zip(self.usage_eps, self.control_eps):

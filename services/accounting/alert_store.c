@@ -94,51 +94,45 @@ s_lease (usage_store_t *db, json_t *in, uint32_t *status)
 
 static const char *const s_periods[4] = { "day", "week", "month", "total" };
 
-static char *
-s_state (usage_store_t *db, const key_policy_t *policy, const char *currency, json_t *in, uint32_t *status)
-{
-    json_int_t window = json_integer_value (json_object_get (in, "window_s"));
-    if (window < 1 || window > 86400)
-        return s_error (status, 400, "state needs window_s (1 to 86400)");
-    //  The current UTC periods (the session's time zone is UTC).
-    PGresult *res = usage_store_exec (db,
-                                      "SELECT to_char(now(), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
-                                      " to_char(date_trunc('day', now()), 'YYYY-MM-DD'),"
-                                      " to_char(date_trunc('week', now()), 'YYYY-MM-DD'),"
-                                      " to_char(date_trunc('month', now()), 'YYYY-MM')",
-                                      0, NULL);
-    if (!res)
-        return s_unavailable (status);
-    json_t *out = json_pack ("{s:s, s:s}", "now", PQgetvalue (res, 0, 0), "currency", currency);
-    const char *names[4] = { PQgetvalue (res, 0, 1), PQgetvalue (res, 0, 2), PQgetvalue (res, 0, 3), "all" };
-    json_t *period_names = json_object ();
-    for (int p = 0; p < 4; p++)
-        json_object_set_new (period_names, s_periods[p], json_string (names[p]));
-    json_object_set_new (out, "periods", period_names);
-    PQclear (res);
+/*  How long after a period ended its spend is still evaluated (the previous
+    period's part of the state), so a limit crossed in its last moments, or
+    while no alerter ran across its end, is still alerted. */
+#define GRACE "interval '1 hour'"
 
-    //  Each live key's spend in the current periods against its budgets.
-    res = usage_store_exec (db,
-                            "SELECT k.id, k.name, k.budget_day_pico, k.budget_week_pico, k.budget_month_pico,"
-                            " k.budget_total_pico,"
-                            " sum(s.cost_pico) FILTER (WHERE s.period = 'day' AND s.period_start = date_trunc('day', now())),"
-                            " sum(s.cost_pico) FILTER (WHERE s.period = 'week' AND s.period_start = date_trunc('week', now())),"
-                            " sum(s.cost_pico) FILTER (WHERE s.period = 'month' AND s.period_start = date_trunc('month', now())),"
-                            " sum(s.cost_pico) FILTER (WHERE s.period = 'total')"
-                            " FROM api_keys k LEFT JOIN key_spend s ON s.key_id = k.id AND s.period <> 'minute'"
-                            " WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())"
-                            " GROUP BY k.id ORDER BY k.id",
-                            0, NULL);
-    if (!res) {
-        json_decref (out);
-        return s_unavailable (status);
-    }
+/*  The spend part of the state for the current periods (which 0) or the
+    previous ones (which 1, only those whose grace[p] is set): each live key's
+    spend against its budgets ("keys") and the overall spend ("overall").
+    NULL when the database failed. */
+static json_t *
+s_spend (usage_store_t *db, const key_policy_t *policy, const char *currency, int which, const bool grace[3])
+{
+    //  A period's start: date_trunc(p, now()) - which periods.
+    const char *w = which ? "1" : "0";
+    const char *on[3] = { which == 0 || grace[0] ? "t" : "f", which == 0 || grace[1] ? "t" : "f",
+                          which == 0 || grace[2] ? "t" : "f" };
+    const char *values[5] = { w, on[0], on[1], on[2], currency };
+    PGresult *res = usage_store_exec (
+        db,
+        "SELECT k.id, k.name, k.budget_day_pico, k.budget_week_pico, k.budget_month_pico, k.budget_total_pico,"
+        " sum(s.cost_pico) FILTER (WHERE s.period = 'day'"
+        "  AND s.period_start = date_trunc('day', now()) - $1::integer * interval '1 day'),"
+        " sum(s.cost_pico) FILTER (WHERE s.period = 'week'"
+        "  AND s.period_start = date_trunc('week', now()) - $1::integer * interval '1 week'),"
+        " sum(s.cost_pico) FILTER (WHERE s.period = 'month'"
+        "  AND s.period_start = date_trunc('month', now()) - $1::integer * interval '1 month'),"
+        " sum(s.cost_pico) FILTER (WHERE s.period = 'total' AND $1::integer = 0)"
+        " FROM api_keys k LEFT JOIN key_spend s ON s.key_id = k.id AND s.period <> 'minute'"
+        " WHERE k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())"
+        " GROUP BY k.id ORDER BY k.id",
+        1, values);
+    if (!res)
+        return NULL;
     json_t *keys = json_array ();
     for (int r = 0; r < PQntuples (res); r++) {
         json_t *budgets = json_object ();
         for (int p = 0; p < 4; p++) {
             int64_t limit = s_effective (res, r, 2 + p, policy->defaults[KEY_BUDGET_DAY + p]);
-            if (limit < 0)
+            if (limit < 0 || (which && (p == 3 || !grace[p])))
                 continue;
             json_object_set_new (budgets, s_periods[p],
                                  json_pack ("{s:I, s:I}", "limit_pico", (json_int_t) limit, "spent_pico",
@@ -151,33 +145,100 @@ s_state (usage_store_t *db, const key_policy_t *policy, const char *currency, js
         json_array_append_new (keys, json_pack ("{s:I, s:s, s:o}", "id", (json_int_t) s_cell (res, r, 0), "name",
                                                 PQgetvalue (res, r, 1), "budgets", budgets));
     }
-    json_object_set_new (out, "keys", keys);
     PQclear (res);
 
-    //  Overall spend, every call (with a key or not), in this currency.
-    const char *values[2] = { currency, NULL };
-    res = usage_store_exec (db,
-                            "SELECT coalesce(sum(cost_pico) FILTER (WHERE started_at >= date_trunc('day', now())), 0),"
-                            " coalesce(sum(cost_pico) FILTER (WHERE started_at >= date_trunc('week', now())), 0),"
-                            " coalesce(sum(cost_pico) FILTER (WHERE started_at >= date_trunc('month', now())), 0)"
-                            " FROM usage_events WHERE currency = $1"
-                            " AND started_at >= least(date_trunc('week', now()), date_trunc('month', now()))",
-                            1, values);
+    //  Overall spend, every call (with a key or not), in this currency. Only
+    //  the periods asked for are read (LEAST skips NULLs): the previous month
+    //  is scanned only in the first hour of a month.
+    res = usage_store_exec (
+        db,
+        "SELECT coalesce(sum(cost_pico) FILTER (WHERE $2::boolean"
+        "  AND started_at >= date_trunc('day', now()) - $1::integer * interval '1 day'"
+        "  AND started_at < date_trunc('day', now()) - ($1::integer - 1) * interval '1 day'), 0),"
+        " coalesce(sum(cost_pico) FILTER (WHERE $3::boolean"
+        "  AND started_at >= date_trunc('week', now()) - $1::integer * interval '1 week'"
+        "  AND started_at < date_trunc('week', now()) - ($1::integer - 1) * interval '1 week'), 0),"
+        " coalesce(sum(cost_pico) FILTER (WHERE $4::boolean"
+        "  AND started_at >= date_trunc('month', now()) - $1::integer * interval '1 month'"
+        "  AND started_at < date_trunc('month', now()) - ($1::integer - 1) * interval '1 month'), 0)"
+        " FROM usage_events WHERE currency = $5"
+        " AND started_at >= least("
+        "  CASE WHEN $2::boolean THEN date_trunc('day', now()) - $1::integer * interval '1 day' END,"
+        "  CASE WHEN $3::boolean THEN date_trunc('week', now()) - $1::integer * interval '1 week' END,"
+        "  CASE WHEN $4::boolean THEN date_trunc('month', now()) - $1::integer * interval '1 month' END)",
+        5, values);
     if (!res) {
+        json_decref (keys);
+        return NULL;
+    }
+    json_t *overall = json_object ();
+    for (int p = 0; p < 3; p++)
+        if (*on[p] == 't')
+            json_object_set_new (overall, s_periods[p], json_integer ((json_int_t) s_cell (res, 0, p)));
+    PQclear (res);
+    return json_pack ("{s:o, s:o}", "keys", keys, "overall", overall);
+}
+
+static char *
+s_state (usage_store_t *db, const key_policy_t *policy, const char *currency, json_t *in, uint32_t *status)
+{
+    json_int_t window = json_integer_value (json_object_get (in, "window_s"));
+    if (window < 1 || window > 86400)
+        return s_error (status, 400, "state needs window_s (1 to 86400)");
+    //  The current UTC periods (the session's time zone is UTC), the previous
+    //  ones, and whether each previous one ended within the grace.
+    PGresult *res = usage_store_exec (
+        db,
+        "SELECT to_char(now(), 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+        " to_char(date_trunc('day', now()), 'YYYY-MM-DD'),"
+        " to_char(date_trunc('week', now()), 'YYYY-MM-DD'),"
+        " to_char(date_trunc('month', now()), 'YYYY-MM'),"
+        " to_char(date_trunc('day', now()) - interval '1 day', 'YYYY-MM-DD'),"
+        " to_char(date_trunc('week', now()) - interval '1 week', 'YYYY-MM-DD'),"
+        " to_char(date_trunc('month', now()) - interval '1 month', 'YYYY-MM'),"
+        " now() < date_trunc('day', now()) + " GRACE ","
+        " now() < date_trunc('week', now()) + " GRACE ","
+        " now() < date_trunc('month', now()) + " GRACE,
+        0, NULL);
+    if (!res)
+        return s_unavailable (status);
+    json_t *out = json_pack ("{s:s, s:s}", "now", PQgetvalue (res, 0, 0), "currency", currency);
+    const char *names[4] = { PQgetvalue (res, 0, 1), PQgetvalue (res, 0, 2), PQgetvalue (res, 0, 3), "all" };
+    json_t *period_names = json_object (), *previous_names = json_object ();
+    bool grace[3], any_grace = false;
+    for (int p = 0; p < 4; p++)
+        json_object_set_new (period_names, s_periods[p], json_string (names[p]));
+    for (int p = 0; p < 3; p++) {
+        grace[p] = strcmp (PQgetvalue (res, 0, 7 + p), "t") == 0;
+        any_grace |= grace[p];
+        if (grace[p])
+            json_object_set_new (previous_names, s_periods[p], json_string (PQgetvalue (res, 0, 4 + p)));
+    }
+    json_object_set_new (out, "periods", period_names);
+    PQclear (res);
+
+    json_t *spend = s_spend (db, policy, currency, 0, grace);
+    json_t *previous = spend && any_grace ? s_spend (db, policy, currency, 1, grace) : NULL;
+    if (!spend || (any_grace && !previous)) {
+        json_decref (spend);
+        json_decref (previous_names);
         json_decref (out);
         return s_unavailable (status);
     }
-    int64_t day = s_cell (res, 0, 0), week = s_cell (res, 0, 1), month = s_cell (res, 0, 2);
-    PQclear (res);
-    json_object_set_new (out, "overall",
-                         json_pack ("{s:I, s:I, s:I}", "day", (json_int_t) day, "week", (json_int_t) week, "month",
-                                    (json_int_t) month));
+    json_object_update (out, spend);
+    json_decref (spend);
+    if (previous) {
+        json_object_set_new (previous, "periods", previous_names);
+        json_object_set_new (out, "previous", previous);
+    }
+    else
+        json_decref (previous_names);
 
     //  Calls and errors of the window. An error is a call the provider failed:
     //  no answer, 401/402 (key, balance), 429, or 5xx. A 400 is the client's.
     char window_text[24];
     snprintf (window_text, sizeof window_text, "%lld", (long long) window);
-    values[0] = window_text;
+    const char *values[1] = { window_text };
     res = usage_store_exec (db,
                             "SELECT count(*), count(*) FILTER (WHERE status = 0 OR status IN (401, 402, 429)"
                             "  OR status >= 500),"
@@ -241,8 +302,9 @@ s_state (usage_store_t *db, const key_policy_t *policy, const char *currency, js
                             "SELECT kind, instance, host,"
                             " (extract(epoch FROM now() - seen_at) * 1000)::bigint,"
                             " spool_events, cpu_permille, mem_permille, disk_permille,"
-                            " balance_provider, balance_currency, balance_total::text, balance_available"
-                            " FROM instances ORDER BY kind, instance",
+                            " balance_provider, balance_currency, balance_total::text, balance_available,"
+                            " (extract(epoch FROM now() - fresh_since) * 1000)::bigint"
+                            " FROM instances WHERE left_at IS NULL ORDER BY kind, instance",
                             0, NULL);
     if (!res) {
         json_decref (out);
@@ -255,6 +317,7 @@ s_state (usage_store_t *db, const key_policy_t *policy, const char *currency, js
                                  (json_int_t) s_cell (res, r, 3), "spool_events", (json_int_t) s_cell (res, r, 4),
                                  "cpu_permille", (json_int_t) s_cell (res, r, 5), "mem_permille",
                                  (json_int_t) s_cell (res, r, 6), "disk_permille", (json_int_t) s_cell (res, r, 7));
+        json_object_set_new (one, "fresh_ms", json_integer ((json_int_t) s_cell (res, r, 12)));
         if (!PQgetisnull (res, r, 8) && !PQgetisnull (res, r, 10))
             json_object_set_new (one, "balance",
                                  json_pack ("{s:s, s:s, s:s, s:b}", "provider", PQgetvalue (res, r, 8), "currency",
@@ -435,6 +498,59 @@ s_delivered (usage_store_t *db, json_t *in, uint32_t *status)
         return s_unavailable (status);
     PQclear (res);
     return s_answer (status, json_object ());
+}
+
+int
+alert_store_instance (usage_store_t *db, const gw_status_t *st, int gap_ms)
+{
+    if (!*st->kind || !*st->instance)
+        return 0;
+    if (st->leaving) {
+        const char *keys[2] = { st->kind, st->instance };
+        PGresult *res = usage_store_exec (db, "UPDATE instances SET left_at = now() WHERE kind = $1 AND instance = $2",
+                                          2, keys);
+        PQclear (res);
+        return res ? 0 : -1;
+    }
+    char events[24], bytes[24], cpu[12], mem[12], disk[12], gap[16];
+    snprintf (events, sizeof events, "%llu",
+              (unsigned long long) (st->spool_events > INT64_MAX ? INT64_MAX : st->spool_events));
+    snprintf (bytes, sizeof bytes, "%llu",
+              (unsigned long long) (st->spool_bytes > INT64_MAX ? INT64_MAX : st->spool_bytes));
+    snprintf (cpu, sizeof cpu, "%u", st->cpu_permille > 1000 ? 1000 : st->cpu_permille);
+    snprintf (mem, sizeof mem, "%u", st->mem_permille > 1000 ? 1000 : st->mem_permille);
+    snprintf (disk, sizeof disk, "%u", st->disk_permille > 1000 ? 1000 : st->disk_permille);
+    snprintf (gap, sizeof gap, "%d", gap_ms);
+    //  A balance only when the total is a plain decimal (it goes into a numeric).
+    const char *total = st->balance_total;
+    const char *d = total + (*total == '-');
+    size_t whole = strspn (d, "0123456789"), frac = d[whole] == '.' ? strspn (d + whole + 1, "0123456789") : 0;
+    bool decimal = strlen (total) < 30 && whole + frac > 0 && d[whole + (d[whole] == '.' ? 1 + frac : 0)] == 0;
+    const char *values[13] = { st->kind, st->instance, st->host, events, bytes, cpu, mem, disk,
+                               *st->balance_provider && decimal ? st->balance_provider : NULL,
+                               st->balance_currency, decimal ? total : NULL, st->balance_available ? "t" : "f",
+                               gap };
+    PGresult *res = usage_store_exec (
+        db,
+        "INSERT INTO instances (kind, instance, host, seen_at, fresh_since, spool_events, spool_bytes,"
+        " cpu_permille, mem_permille, disk_permille, balance_provider, balance_currency,"
+        " balance_total, balance_available)"
+        " VALUES ($1, $2, $3, now(), now(), $4, $5, $6, $7, $8, $9, $10, $11::numeric, $12)"
+        " ON CONFLICT (kind, instance) DO UPDATE SET host = EXCLUDED.host, seen_at = now(),"
+        " fresh_since = CASE WHEN instances.seen_at < now() - make_interval(secs => $13::integer / 1000.0)"
+        "  THEN now() ELSE instances.fresh_since END,"
+        " spool_events = EXCLUDED.spool_events, spool_bytes = EXCLUDED.spool_bytes,"
+        " cpu_permille = EXCLUDED.cpu_permille, mem_permille = EXCLUDED.mem_permille,"
+        " disk_permille = EXCLUDED.disk_permille, balance_provider = EXCLUDED.balance_provider,"
+        " balance_currency = EXCLUDED.balance_currency, balance_total = EXCLUDED.balance_total,"
+        " balance_available = EXCLUDED.balance_available, left_at = NULL"
+        //  A report that left before the goodbye may arrive after it (through
+        //  another accounting instance): it does not bring the row back. An
+        //  instance started again under the same name does, seconds later.
+        " WHERE instances.left_at IS NULL OR instances.left_at < now() - interval '10 seconds'",
+        13, values);
+    PQclear (res);
+    return res ? 0 : -1;
 }
 
 char *

@@ -22,6 +22,7 @@
 #define ALERT_STORE_H_INCLUDED
 
 #include "key_store.h"
+#include "gw_proto.h"
 #include "usage_store.h"
 #include <stdbool.h>
 #include <stddef.h>
@@ -31,6 +32,14 @@
     *status (200, 400, 404 unknown op, 503 database down). */
 char *alert_store_handle (usage_store_t *db, const key_policy_t *policy, const char *currency, const char *op,
                           const void *body, size_t size, uint32_t *status);
+
+/*  Records what an instance (dispatcher STATUS, ingress INGRESS_ALIVE as kind
+    "ingress", accounting's own) said about itself, in the caller's
+    transaction: its row in instances, with since when it has reported
+    without a gap longer than gap_ms (fresh_since). A leaving instance's row
+    is marked left (left_at): it stopped on purpose and is not silent.
+    Returns 0, or -1 on a database error. */
+int alert_store_instance (usage_store_t *db, const gw_status_t *st, int gap_ms);
 
 void alert_store_test (bool verbose);
 

@@ -363,19 +363,37 @@ s_report (control_service_t *self, s_item_t *it)
 static void
 s_alive_all (control_service_t *self, size_t *order, size_t n)
 {
-    //  Each ingress once per turn, however often it said so.
+    //  Each ingress once per turn, however often it said so: its latest word
+    //  (a leaving one last of all).
+    size_t latest[TURN_MAX], count = 0;
+    for (size_t i = n; i-- > 0;) {
+        const char *id = self->items[order[i]].msg.ingress_alive.ingress_id;
+        bool seen = !*id;
+        for (size_t k = 0; k < count && !seen; k++)
+            seen = strcmp (self->items[latest[k]].msg.ingress_alive.ingress_id, id) == 0;
+        if (!seen)
+            latest[count++] = order[i];
+    }
     if (key_store_begin_lazy (self->db))
         return;
-    for (size_t i = 0; i < n; i++) {
-        const char *id = self->items[order[i]].msg.ingress_alive.ingress_id;
-        bool seen = false;
-        for (size_t k = 0; k < i && !seen; k++)
-            seen = strcmp (self->items[order[k]].msg.ingress_alive.ingress_id, id) == 0;
-        if (!seen && *id)
-            key_store_alive (self->db, id);
+    int rc = 0;
+    for (size_t i = 0; i < count && rc == 0; i++) {
+        const gw_ingress_alive_t *alive = &self->items[latest[i]].msg.ingress_alive;
+        rc = key_store_alive (self->db, alive->ingress_id, alive->leaving);
     }
-    if (key_store_commit (self->db))
+    if (rc || key_store_commit (self->db))
         key_store_rollback (self->db);
+    //  Then their hosts' figures for the alerter (an ingress may be alone on
+    //  a host), each row on its own: the slots above never wait on them.
+    for (size_t i = 0; i < count; i++) {
+        const gw_ingress_alive_t *alive = &self->items[latest[i]].msg.ingress_alive;
+        gw_status_t st = { .kind = "ingress", .instance = alive->instance, .host = alive->host,
+                           .cpu_permille = alive->cpu_permille, .mem_permille = alive->mem_permille,
+                           .disk_permille = alive->disk_permille, .balance_provider = "", .balance_currency = "",
+                           .balance_total = "", .leaving = alive->leaving };
+        if (alert_store_instance (self->db, &st, 3 * GW_INGRESS_ALIVE_MS))
+            break;
+    }
 }
 
 //  -------------------------------------------------------------------------

@@ -230,12 +230,13 @@ key_store_release (usage_store_t *db, const char *request_id, bool dispatched, u
 }
 
 int
-key_store_alive (usage_store_t *db, const char *ingress_id)
+key_store_alive (usage_store_t *db, const char *ingress_id, bool leaving)
 {
     const char *values[1] = { ingress_id };
     PGresult *res = usage_store_exec (db,
-                                      "INSERT INTO ingress_alive (ingress_id, seen_at) VALUES ($1, now())"
-                                      " ON CONFLICT (ingress_id) DO UPDATE SET seen_at = EXCLUDED.seen_at",
+                                      leaving ? "DELETE FROM ingress_alive WHERE ingress_id = $1"
+                                              : "INSERT INTO ingress_alive (ingress_id, seen_at) VALUES ($1, now())"
+                                                " ON CONFLICT (ingress_id) DO UPDATE SET seen_at = EXCLUDED.seen_at",
                                       1, values);
     PQclear (res);
     return res ? 0 : -1;

@@ -95,8 +95,10 @@ int key_store_admit (usage_store_t *db, const key_policy_t *policy, const key_ad
 int key_store_release (usage_store_t *db, const char *request_id, bool dispatched, uint32_t dispatch,
                        uint32_t attempts);
 
-/*  Records that an ingress is alive now. Returns 0 or -1. */
-int key_store_alive (usage_store_t *db, const char *ingress_id);
+/*  Records that an ingress is alive now; a leaving one (stopped cleanly) is
+    forgotten, so its slots free once its reservations are older than
+    GW_INGRESS_ALIVE_TTL_S, not after that TTL from now. Returns 0 or -1. */
+int key_store_alive (usage_store_t *db, const char *ingress_id, bool leaving);
 
 /*  Deletes lapsed reservations and minute rows no window looks at. Returns 0 or -1. */
 int key_store_housekeep (usage_store_t *db);

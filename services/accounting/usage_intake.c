@@ -1,5 +1,6 @@
 /*  usage_intake.c: batches of usage events, priced, stored, then acknowledged. */
 #include "usage_intake.h"
+#include "alert_store.h"
 #include "gw_log.h"
 #include "gw_env.h"
 #include "gw_host.h"
@@ -92,43 +93,15 @@ s_on_reconnect (gw_loop_t *loop, gw_timer_t *timer, void *arg)
 static void
 s_store_status (usage_intake_t *self, const gw_status_t *st)
 {
-    if (!usage_store_ready (self->store) || !*st->kind || !*st->instance)
+    if (!usage_store_ready (self->store))
         return;
-    char events[24], bytes[24], cpu[12], mem[12], disk[12];
-    snprintf (events, sizeof events, "%llu",
-              (unsigned long long) (st->spool_events > INT64_MAX ? INT64_MAX : st->spool_events));
-    snprintf (bytes, sizeof bytes, "%llu",
-              (unsigned long long) (st->spool_bytes > INT64_MAX ? INT64_MAX : st->spool_bytes));
-    snprintf (cpu, sizeof cpu, "%u", st->cpu_permille > 1000 ? 1000 : st->cpu_permille);
-    snprintf (mem, sizeof mem, "%u", st->mem_permille > 1000 ? 1000 : st->mem_permille);
-    snprintf (disk, sizeof disk, "%u", st->disk_permille > 1000 ? 1000 : st->disk_permille);
-    //  A balance only when the total is a plain decimal (it goes into a numeric).
-    const char *total = st->balance_total;
-    const char *d = total + (*total == '-');
-    size_t whole = strspn (d, "0123456789"), frac = d[whole] == '.' ? strspn (d + whole + 1, "0123456789") : 0;
-    bool decimal = strlen (total) < 30 && whole + frac > 0
-                   && d[whole + (d[whole] == '.' ? 1 + frac : 0)] == 0;
-    const char *values[12] = { st->kind, st->instance, st->host, events, bytes, cpu, mem, disk,
-                               *st->balance_provider && decimal ? st->balance_provider : NULL,
-                               st->balance_currency, decimal ? total : NULL, st->balance_available ? "t" : "f" };
     PGresult *res = usage_store_exec (self->store, "BEGIN", 0, NULL);
     PQclear (res);
     res = usage_store_exec (self->store, "SET LOCAL synchronous_commit = off", 0, NULL);
     PQclear (res);
-    res = usage_store_exec (self->store,
-                            "INSERT INTO instances (kind, instance, host, seen_at, spool_events, spool_bytes,"
-                            " cpu_permille, mem_permille, disk_permille, balance_provider, balance_currency,"
-                            " balance_total, balance_available)"
-                            " VALUES ($1, $2, $3, now(), $4, $5, $6, $7, $8, $9, $10, $11::numeric, $12)"
-                            " ON CONFLICT (kind, instance) DO UPDATE SET host = EXCLUDED.host, seen_at = now(),"
-                            " spool_events = EXCLUDED.spool_events, spool_bytes = EXCLUDED.spool_bytes,"
-                            " cpu_permille = EXCLUDED.cpu_permille, mem_permille = EXCLUDED.mem_permille,"
-                            " disk_permille = EXCLUDED.disk_permille, balance_provider = EXCLUDED.balance_provider,"
-                            " balance_currency = EXCLUDED.balance_currency, balance_total = EXCLUDED.balance_total,"
-                            " balance_available = EXCLUDED.balance_available",
-                            12, values);
-    bool ok = res != NULL;
-    PQclear (res);
+    //  A report later than three intervals breaks the instance's run of fresh
+    //  reports (the alerter waits for accounting's own to be long enough).
+    bool ok = alert_store_instance (self->store, st, 3 * self->status_ms) == 0;
     res = usage_store_exec (self->store, ok ? "COMMIT" : "ROLLBACK", 0, NULL);
     PQclear (res);
 }
@@ -144,7 +117,7 @@ s_on_status_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
     gw_host_t host;
     gw_host_sample (".", &host);
     gw_status_t st = { "accounting", self->instance, host.name, 0, 0, host.cpu_permille, host.mem_permille,
-                       host.disk_permille, "", "", "", false };
+                       host.disk_permille, "", "", "", false, false };
     s_store_status (self, &st);
     gw_timer_start (loop, timer, self->status_ms);
 }
@@ -287,6 +260,11 @@ usage_intake_destroy (usage_intake_t **self_p)
              (unsigned long long) self->unpriced, (unsigned long long) self->batches);
     gw_timer_destroy (self->loop, &self->reconnect_timer);
     gw_timer_destroy (self->loop, &self->status_timer);
+    //  A clean stop: this instance is gone, not silent.
+    gw_status_t leaving = { .kind = "accounting", .instance = self->instance, .host = "", .balance_provider = "",
+                            .balance_currency = "", .balance_total = "", .leaving = true };
+    if (self->store)
+        s_store_status (self, &leaving);
     if (self->router)
         zmq_close (self->router);
     free (self->items);

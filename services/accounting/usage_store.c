@@ -130,6 +130,13 @@ static const struct {
     //  The provider account balance a dispatcher last read (GET /user/balance).
     { 5, "ALTER TABLE instances ADD COLUMN balance_provider text, ADD COLUMN balance_currency text,"
          "  ADD COLUMN balance_total numeric, ADD COLUMN balance_available boolean;" },
+    //  Since when each instance has reported without a long gap: right after an
+    //  outage every row is old, and none is silent until accounting's own row
+    //  has been fresh long enough for the live ones to have reported again.
+    //  left_at: stopped cleanly (a tombstone, so a report that arrives late
+    //  through another accounting instance does not bring the row back).
+    { 6, "ALTER TABLE instances ADD COLUMN fresh_since timestamptz NOT NULL DEFAULT now(),"
+         "  ADD COLUMN left_at timestamptz;" },
 };
 
 /*  The functions admissions and releases call. Not a migration: they hold no

@@ -2,6 +2,7 @@
 #include "alert_rules.h"
 #include "gw_env.h"
 #include "gw_log.h"
+#include "gw_messages.h"
 
 #include <assert.h>
 #include <inttypes.h>
@@ -9,6 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/*  Accounting's connection that writes the ingresses' rows may reconnect this
+    much later than the one that writes its own (its backoff's ceiling). */
+#define SETTLE_SLACK_MS 5000
 
 static const char *const s_periods[4] = { "day", "week", "month", "total" };
 static const char *const s_period_words[4] = { "Daily", "Weekly", "Monthly", "Lifetime" };
@@ -170,14 +175,20 @@ s_is_open (json_t *open, const char *rule, const char *subject)
 static json_t *s_seen;
 
 static void
-s_episode (json_t *claims, json_t *resolves, json_t *open, const char *rule, const char *subject, bool firing,
-           const char *severity, const char *title, const char *text, json_t *alert)
+s_see (const char *rule, const char *subject)
 {
     if (s_seen) {
         char key[512];
         snprintf (key, sizeof key, "%s %s", rule, subject);
         json_object_set_new (s_seen, key, json_true ());
     }
+}
+
+static void
+s_episode (json_t *claims, json_t *resolves, json_t *open, const char *rule, const char *subject, bool firing,
+           const char *severity, const char *title, const char *text, json_t *alert)
+{
+    s_see (rule, subject);
     if (firing)
         s_claim_as (claims, rule, subject, "open", "open", severity, title, text, alert);
     else {
@@ -220,6 +231,45 @@ s_budget (const alert_rules_config_t *config, json_t *claims, const char *rule, 
     }
 }
 
+/*  Budgets and overall spend limits of the periods part names ("periods",
+    "keys", "overall"): the current ones, or the previous ones. A period
+    without a name in part is not evaluated. */
+static void
+s_spend (const alert_rules_config_t *config, json_t *claims, json_t *part, const char *currency)
+{
+    json_t *periods = json_object_get (part, "periods");
+    size_t i;
+    json_t *key;
+    json_array_foreach (json_object_get (part, "keys"), i, key) {
+        char subject[48], who[256];
+        snprintf (subject, sizeof subject, "key:%" JSON_INTEGER_FORMAT, json_integer_value (json_object_get (key, "id")));
+        snprintf (who, sizeof who, "key %s (id %" JSON_INTEGER_FORMAT ")",
+                  json_string_value (json_object_get (key, "name")) ?: "",
+                  json_integer_value (json_object_get (key, "id")));
+        for (int p = 0; p < 4; p++) {
+            json_t *b = json_object_get (json_object_get (key, "budgets"), s_periods[p]);
+            const char *period = json_string_value (json_object_get (periods, s_periods[p]));
+            if (!b || !period)
+                continue;
+            char rule[32];
+            snprintf (rule, sizeof rule, "budget_%s", s_periods[p]);
+            s_budget (config, claims, rule, subject, who, s_period_words[p], period, currency,
+                      json_integer_value (json_object_get (b, "limit_pico")),
+                      json_integer_value (json_object_get (b, "spent_pico")));
+        }
+    }
+    json_t *overall = json_object_get (part, "overall");
+    for (int p = 0; p < 3; p++) {
+        const char *period = json_string_value (json_object_get (periods, s_periods[p]));
+        if (!period || !json_object_get (overall, s_periods[p]))
+            continue;
+        char rule[32];
+        snprintf (rule, sizeof rule, "spend_%s", s_periods[p]);
+        s_budget (config, claims, rule, "all", "all keys", s_period_words[p], period, currency,
+                  config->spend_limit_pico[p], json_integer_value (json_object_get (overall, s_periods[p])));
+    }
+}
+
 json_t *
 alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
 {
@@ -228,35 +278,14 @@ alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
     const char *currency = json_string_value (json_object_get (state, "currency"));
     if (!currency)
         currency = "";
-    json_t *periods = json_object_get (state, "periods");
+    s_spend (config, claims, state, currency);
+    //  Just after a period ended (its first hour), the one before it too: a
+    //  limit crossed in its last moments, or while no alerter ran across its
+    //  end, is still alerted (once: the period names the alert).
+    json_t *previous = json_object_get (state, "previous");
+    if (previous)
+        s_spend (config, claims, previous, currency);
     size_t i;
-    json_t *key;
-    json_array_foreach (json_object_get (state, "keys"), i, key) {
-        char subject[48], who[256];
-        snprintf (subject, sizeof subject, "key:%" JSON_INTEGER_FORMAT, json_integer_value (json_object_get (key, "id")));
-        snprintf (who, sizeof who, "key %s (id %" JSON_INTEGER_FORMAT ")",
-                  json_string_value (json_object_get (key, "name")) ?: "",
-                  json_integer_value (json_object_get (key, "id")));
-        for (int p = 0; p < 4; p++) {
-            json_t *b = json_object_get (json_object_get (key, "budgets"), s_periods[p]);
-            if (!b)
-                continue;
-            char rule[32];
-            snprintf (rule, sizeof rule, "budget_%s", s_periods[p]);
-            const char *period = json_string_value (json_object_get (periods, s_periods[p]));
-            s_budget (config, claims, rule, subject, who, s_period_words[p], period ? period : "?", currency,
-                      json_integer_value (json_object_get (b, "limit_pico")),
-                      json_integer_value (json_object_get (b, "spent_pico")));
-        }
-    }
-    json_t *overall = json_object_get (state, "overall");
-    for (int p = 0; p < 3; p++) {
-        char rule[32];
-        snprintf (rule, sizeof rule, "spend_%s", s_periods[p]);
-        const char *period = json_string_value (json_object_get (periods, s_periods[p]));
-        s_budget (config, claims, rule, "all", "all keys", s_period_words[p], period ? period : "?", currency,
-                  config->spend_limit_pico[p], json_integer_value (json_object_get (overall, s_periods[p])));
-    }
     json_t *open = json_object_get (state, "open");
     json_t *window = json_object_get (state, "window");
     json_int_t calls = json_integer_value (json_object_get (window, "calls"));
@@ -304,13 +333,28 @@ alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
     //  The instances: silent ones, growing spools, busy hosts.
     json_t *hosts = json_object (), *balances = json_object ();
     json_t *inst;
-    //  Right after accounting or its database was away, every row is old: no
-    //  instance is called silent unless some accounting instance's own row
-    //  (written every GW_STATUS_MS) is fresh, that is the figures are current.
+    //  Right after accounting or its database was away (or the clock jumped),
+    //  every row is old. The figures are current once some accounting
+    //  instance's own row (written every GW_STATUS_MS) is fresh. An old row
+    //  means a silent instance only once that row has been fresh, without a
+    //  gap, for longer than the row's silence threshold (plus the slack of
+    //  accounting's second connection, which writes the ingresses' rows and
+    //  may reconnect a few seconds later): by then a live instance has
+    //  reported again. Until then an old row decides nothing.
     bool current = false;
+    json_int_t silent_ms = (json_int_t) config->silent_s * 1000, fresh_ms = 0;
     json_array_foreach (json_object_get (state, "instances"), i, inst)
-        current |= strcmp (json_string_value (json_object_get (inst, "kind")) ?: "", "accounting") == 0
-                   && json_integer_value (json_object_get (inst, "age_ms")) <= (json_int_t) config->silent_s * 1000;
+        if (strcmp (json_string_value (json_object_get (inst, "kind")) ?: "", "accounting") == 0
+            && json_integer_value (json_object_get (inst, "age_ms")) <= silent_ms) {
+            current = true;
+            //  An accounting from before fresh_ms: settled, as it always was.
+            json_t *f = json_object_get (inst, "fresh_ms");
+            json_int_t one = f ? json_integer_value (f) : INT64_MAX;
+            fresh_ms = one > fresh_ms ? one : fresh_ms;
+        }
+    json_int_t ingress_ms = silent_ms < 3 * GW_INGRESS_ALIVE_MS ? 3 * GW_INGRESS_ALIVE_MS : silent_ms;
+    //  Every old row decided: subjects no rule looked at are gone (below).
+    bool settled = current && fresh_ms - SETTLE_SLACK_MS >= ingress_ms;
     json_array_foreach (json_object_get (state, "instances"), i, inst) {
         const char *kind = json_string_value (json_object_get (inst, "kind")) ?: "?";
         const char *name = json_string_value (json_object_get (inst, "instance")) ?: "?";
@@ -318,14 +362,23 @@ alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
         json_int_t age_ms = json_integer_value (json_object_get (inst, "age_ms"));
         char subject[256], title[512], text[768];
         snprintf (subject, sizeof subject, "%s:%s", kind, name);
-        bool silent = age_ms > (json_int_t) config->silent_s * 1000;
+        //  An ingress reports every GW_INGRESS_ALIVE_MS, whatever GW_STATUS_MS is.
+        json_int_t threshold_ms = strcmp (kind, "ingress") == 0 ? ingress_ms : silent_ms;
+        bool silent = age_ms > threshold_ms;
         if (!current)
             continue;
+        if (silent && fresh_ms - SETTLE_SLACK_MS < threshold_ms) {
+            //  Not decided yet: neither silent nor back, and its spool,
+            //  host and balance figures are old.
+            s_see ("silent", subject);
+            s_see ("spool", subject);
+            continue;
+        }
         snprintf (title, sizeof title, "The %s %s on %s has been silent for %lld s", kind, name, host,
                   (long long) (age_ms / 1000));
         snprintf (text, sizeof text,
-                  "%s\n\nIt last reported %lld s ago (alert after %d s). See docs/operations.md, \"Alerts\".\n",
-                  title, (long long) (age_ms / 1000), config->silent_s);
+                  "%s\n\nIt last reported %lld s ago (alert after %lld s). See docs/operations.md, \"Alerts\".\n",
+                  title, (long long) (age_ms / 1000), (long long) (threshold_ms / 1000));
         s_episode (claims, resolves, open, "silent", subject, silent, "critical", title, text,
                    json_pack ("{s:s, s:s, s:s, s:I}", "kind", kind, "instance", name, "host", host, "age_ms", age_ms));
         if (strcmp (kind, "dispatcher") == 0) {
@@ -441,8 +494,8 @@ alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
         }
     }
     //  Open episodes whose subject no rule looked at: gone (an instance removed,
-    //  a key revoked, a provider no longer read). Only when the instances'
-    //  figures are current, so an outage does not resolve them all.
+    //  a key revoked, a provider no longer read). Only once every old row is
+    //  decided, so an outage does not resolve them all.
     const char *gone[] = { "silent", "spool", "host_cpu", "host_memory", "host_disk", "balance", "rate_rpm",
                            "rate_tpm" };
     json_t *o;
@@ -455,7 +508,7 @@ alert_rules_evaluate (const alert_rules_config_t *config, json_t *state)
             known |= strcmp (rule, gone[g]) == 0;
         char key[512];
         snprintf (key, sizeof key, "%s %s", rule, subject);
-        if (known && (current || !instance_rule) && !json_object_get (s_seen, key))
+        if (known && (settled || !instance_rule) && !json_object_get (s_seen, key))
             json_array_append_new (resolves, json_pack ("{s:s, s:s}", "rule", rule, "subject", subject));
     }
     json_decref (s_seen);
@@ -484,6 +537,20 @@ s_eval (const alert_rules_config_t *config, json_t *state)
     json_t *out = alert_rules_evaluate (config, state);
     json_decref (state);
     return out;
+}
+
+/*  "rule subject;" of each claim in out. */
+static void
+s_claimed (json_t *out, char *got, size_t size)
+{
+    *got = 0;
+    json_t *claim;
+    size_t k;
+    json_array_foreach (json_object_get (out, "claims"), k, claim) {
+        size_t len = strlen (got);
+        snprintf (got + len, size - len, "%s %s;", json_string_value (json_object_get (claim, "rule")),
+                  json_string_value (json_object_get (claim, "subject")));
+    }
 }
 
 void
@@ -586,27 +653,57 @@ alert_rules_test (bool verbose)
     json_object_set_new (state, "instances",
                          json_pack ("[{s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:i},"
                                     " {s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:i},"
-                                    " {s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:i}]",
+                                    " {s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:i, s:i},"
+                                    " {s:s, s:s, s:s, s:i, s:i, s:i, s:i}]",
                                     "kind", "dispatcher", "instance", "d1", "host", "h1", "age_ms", 120000,
                                     "spool_events", 0, "cpu_permille", 990, "mem_permille", 0, "disk_permille", 0,
                                     "kind", "dispatcher", "instance", "d2", "host", "h2", "age_ms", 1000,
                                     "spool_events", 500, "cpu_permille", 900, "mem_permille", 100, "disk_permille", 0,
                                     "kind", "accounting", "instance", "a1", "host", "h2", "age_ms", 2000,
                                     "spool_events", 0, "cpu_permille", 100, "mem_permille", 100, "disk_permille",
-                                    950));
+                                    950, "fresh_ms", 3600000,
+                                    //  an ingress alone on its host
+                                    "kind", "ingress", "instance", "i1", "host", "h3", "age_ms", 1000,
+                                    "cpu_permille", 0, "mem_permille", 900, "disk_permille", 0));
+    json_incref (state);  //  evaluated again below
     out = s_eval (&config, state);
-    claims = json_object_get (out, "claims");
-    char got[512] = "";
-    for (size_t k = 0; k < json_array_size (claims); k++) {
-        json_t *cl = json_array_get (claims, k);
-        char one[96];
-        snprintf (one, sizeof one, "%s %s;", json_string_value (json_object_get (cl, "rule")),
-                  json_string_value (json_object_get (cl, "subject")));
-        strcat (got, one);
-    }
-    //  d1 silent (its host's figures ignored); d2's spool; h2's CPU (d2) and disk (a1).
-    assert (strcmp (got, "silent dispatcher:d1;spool dispatcher:d2;host_cpu host:h2;host_disk host:h2;") == 0);
+    char got[512];
+    s_claimed (out, got, sizeof got);
+    //  d1 silent (its host's figures ignored); d2's spool; h2's CPU (d2) and
+    //  disk (a1); h3's memory (the ingress).
+    assert (strcmp (got, "silent dispatcher:d1;spool dispatcher:d2;host_cpu host:h2;host_disk host:h2;"
+                         "host_memory host:h3;")
+            == 0);
     json_decref (out);
+    //  Right after an outage: accounting's row is fresh again but not for the
+    //  silence threshold yet. The live figures count; an old row is neither
+    //  silent nor back (its open episode stays open).
+    json_t *a1 = json_array_get (json_object_get (state, "instances"), 2);
+    json_object_set_new (a1, "fresh_ms", json_integer (59000));
+    json_object_set_new (state, "open", json_pack ("[{s:s, s:s}]", "rule", "silent", "subject", "dispatcher:d1"));
+    json_incref (state);
+    out = s_eval (&config, state);
+    s_claimed (out, got, sizeof got);
+    assert (strcmp (got, "spool dispatcher:d2;host_cpu host:h2;host_disk host:h2;host_memory host:h3;") == 0);
+    assert (json_array_size (json_object_get (out, "resolves")) == 0);
+    json_decref (out);
+    //  An ingress reports every GW_INGRESS_ALIVE_MS: not silent before three of them.
+    config.silent_s = 1;
+    json_object_set_new (a1, "fresh_ms", json_integer (3600000));
+    json_object_set_new (a1, "age_ms", json_integer (500));
+    json_t *i1 = json_array_get (json_object_get (state, "instances"), 3);
+    json_object_set_new (i1, "age_ms", json_integer (3 * GW_INGRESS_ALIVE_MS - 1));
+    json_incref (state);
+    out = s_eval (&config, state);
+    s_claimed (out, got, sizeof got);
+    assert (!strstr (got, "silent ingress:i1"));
+    json_decref (out);
+    json_object_set_new (i1, "age_ms", json_integer (3 * GW_INGRESS_ALIVE_MS + 1));
+    out = s_eval (&config, state);
+    s_claimed (out, got, sizeof got);
+    assert (strstr (got, "silent ingress:i1"));
+    json_decref (out);
+    config.silent_s = 60;
     //  A provider balance under the minimum, read by a live dispatcher.
     config.balance_min = 200;
     state = s_state (-1, 0, 0, 0);
@@ -616,6 +713,8 @@ alert_rules_test (bool verbose)
                                     "kind", "dispatcher", "instance", "d1", "host", "h1", "age_ms", 100, "balance",
                                     "provider", "deepseek", "currency", "CNY", "total", "110.00", "available", 1,
                                     "kind", "accounting", "instance", "a1", "host", "h1", "age_ms", 100));
+    json_object_set_new (json_array_get (json_object_get (state, "instances"), 1), "fresh_ms",
+                         json_integer (3600000));
     config.host_permille[0] = config.host_permille[1] = config.host_permille[2] = 1000;
     out = s_eval (&config, state);
     claims = json_object_get (out, "claims");
@@ -628,13 +727,31 @@ alert_rules_test (bool verbose)
     //  An open episode of an instance no longer in the state resolves (when the
     //  figures are current: an accounting row is fresh).
     state = s_state (-1, 0, 0, 0);
-    json_object_set_new (state, "instances", json_pack ("[{s:s, s:s, s:s, s:i}]", "kind", "accounting", "instance",
-                                                        "a1", "host", "h1", "age_ms", 100));
+    json_object_set_new (state, "instances", json_pack ("[{s:s, s:s, s:s, s:i, s:i}]", "kind", "accounting",
+                                                        "instance", "a1", "host", "h1", "age_ms", 100, "fresh_ms",
+                                                        3600000));
     json_object_set_new (state, "open", json_pack ("[{s:s, s:s}]", "rule", "silent", "subject", "dispatcher:old"));
     out = s_eval (&config, state);
     r = json_array_get (json_object_get (out, "resolves"), 0);
     assert (r && strcmp (json_string_value (json_object_get (r, "subject")), "dispatcher:old") == 0);
     json_decref (out);
+    //  The first hour of a day: yesterday's crossings still count, under
+    //  yesterday's name; today's spend is evaluated as usual.
+    state = s_state (-1, 0, 0, 0);
+    json_object_set_new (state, "previous",
+                         json_pack ("{s:{s:s}, s:[], s:{s:I}}", "periods", "day", "2026-11-26", "keys", "overall",
+                                    "day", (json_int_t) 50 * 1000000000000LL));
+    config.spend_limit_pico[0] = 50 * 1000000000000LL;
+    out = s_eval (&config, state);
+    claims = json_object_get (out, "claims");
+    assert (json_array_size (claims) == 2);  //  80% and 100% of yesterday's limit
+    for (size_t k = 0; k < 2; k++) {
+        c = json_array_get (claims, k);
+        assert (strcmp (json_string_value (json_object_get (c, "rule")), "spend_day") == 0);
+        assert (strcmp (json_string_value (json_object_get (c, "period")), "2026-11-26") == 0);
+    }
+    json_decref (out);
+    config.spend_limit_pico[0] = -1;
     //  Levels from the environment.
     assert (s_parse_levels ("0.5,0.9,1", &config) == 0 && config.nlevels == 3);
     assert (s_parse_levels ("0.9,0.5", &config) == -1);

@@ -37,11 +37,11 @@ typedef struct {
 } s_usage_out_t;
 
 /*  Every GW_STATUS_MS: this dispatcher is alive, with its spool and its host's
-    load, for the alerter (silent dispatchers, growing spools, busy hosts). */
+    load, for the alerter (silent dispatchers, growing spools, busy hosts).
+    The last one, at a clean stop, says it is leaving: not silent, gone. */
 static void
-s_send_status (gw_loop_t *loop, gw_timer_t *timer, void *arg)
+s_status (s_usage_out_t *out, bool leaving)
 {
-    s_usage_out_t *out = arg;
     gw_host_t host;
     gw_host_sample (out->spool_dir, &host);
     balance_t balance = { 0 };
@@ -50,8 +50,15 @@ s_send_status (gw_loop_t *loop, gw_timer_t *timer, void *arg)
     gw_status_t status = { "dispatcher", (char *) out->id, host.name, usage_spool_pending (out->spool),
                            usage_spool_bytes (out->spool), host.cpu_permille, host.mem_permille,
                            host.disk_permille, balance.known ? balance.provider : "", balance.currency,
-                           balance.total, balance.available };
+                           balance.total, balance.available, leaving };
     usage_sender_status (out->sender, &status);
+}
+
+static void
+s_send_status (gw_loop_t *loop, gw_timer_t *timer, void *arg)
+{
+    s_usage_out_t *out = arg;
+    s_status (out, false);
     gw_timer_start (loop, timer, out->status_ms);
 }
 
@@ -190,6 +197,8 @@ main (void)
         int64_t grace_ms = gw_env_int ("GW_SHUTDOWN_GRACE_MS", 10000, 0, 3600000);
         gw_loop_run_until (loop, s_drained, runner, grace_ms);
     }
+    if (status)
+        s_status (&usage, true);
     gw_timer_destroy (loop, &spool_check);
     gw_timer_destroy (loop, &status);
     balance_probe_destroy (&usage.balance);

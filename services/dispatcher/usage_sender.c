@@ -193,6 +193,10 @@ usage_sender_destroy (usage_sender_t **self_p)
     free (self->overflow);
     gw_timer_destroy (self->loop, &self->flush_timer);
     gw_timer_destroy (self->loop, &self->resend_timer);
+    //  What was just sent (the last STATUS, flushed events) gets a moment to
+    //  leave; with no accounting connected nothing was queued (IMMEDIATE).
+    int linger = 200;
+    zmq_setsockopt (self->dealer, ZMQ_LINGER, &linger, sizeof linger);
     zmq_close (self->dealer);
     free (self);
     *self_p = NULL;

@@ -1,5 +1,6 @@
 /*  control_client.c: questions to accounting, and releases until acknowledged. */
 #include "control_client.h"
+#include "gw_host.h"
 #include "gw_id.h"
 #include "gw_log.h"
 
@@ -9,7 +10,6 @@
 
 #define RESEND_MS 1000  //  an unacknowledged RELEASE goes again after this
 #define TICK_MS 20  //  new releases go out together on this tick
-#define ALIVE_MS 2000  //  INGRESS_ALIVE interval (accounting's TTL is longer)
 #define RELEASES_MAX 1000000  //  beyond this, reservations are left to lapse
 
 typedef struct s_pending_t {
@@ -35,6 +35,7 @@ struct control_client_t {
     void *dealer;
     int timeout_ms;
     char ingress_id[37];
+    char *instance;  //  stable name for the alerter; NULL until set
     uint64_t next_correlation;
     zhashx_t *by_correlation;  //  correlation -> s_pending_t
     s_pending_t *first, *last;
@@ -216,6 +217,19 @@ s_on_dealer (gw_loop_t *loop, void *socket, void *arg)
     }
 }
 
+/*  INGRESS_ALIVE: this ingress's admissions still run, and how busy its host
+    is (an ingress may be the only gateway service on its host). */
+static void
+s_send_alive (control_client_t *self, bool leaving)
+{
+    gw_host_t host;
+    gw_host_sample (".", &host);
+    gw_msg_t alive = { .id = GW_MSG_INGRESS_ALIVE,
+                       .ingress_alive = { self->ingress_id, self->instance ? self->instance : "", host.name,
+                                          host.cpu_permille, host.mem_permille, host.disk_permille, leaving } };
+    gw_msg_send (self->dealer, NULL, 0, &alive);
+}
+
 static void
 s_on_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
 {
@@ -234,9 +248,8 @@ s_on_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
         s_send_release (self, self->fresh[i]);
     self->nfresh = 0;
     if (now >= self->next_alive_ms) {
-        gw_msg_t alive = { .id = GW_MSG_INGRESS_ALIVE, .ingress_alive = { self->ingress_id } };
-        gw_msg_send (self->dealer, NULL, 0, &alive);
-        self->next_alive_ms = now + ALIVE_MS;
+        s_send_alive (self, false);
+        self->next_alive_ms = now + GW_INGRESS_ALIVE_MS;
     }
     if (now >= self->next_resend_ms) {
         for (s_release_t *r = zhashx_first (self->releases); r; r = zhashx_next (self->releases))
@@ -330,6 +343,13 @@ control_client_forget (control_client_t *self, uint64_t correlation)
         p->client = NULL;  //  kept until answered or timed out, for s_release_unused
 }
 
+void
+control_client_set_instance (control_client_t *self, const char *instance)
+{
+    free (self->instance);
+    self->instance = strdup (instance);
+}
+
 const char *
 control_client_ingress_id (control_client_t *self)
 {
@@ -387,8 +407,15 @@ control_client_destroy (control_client_t **self_p)
     }
     if (self->timer)
         gw_timer_destroy (self->loop, &self->timer);
-    if (self->dealer)
+    if (self->dealer) {
+        //  A clean stop: this ingress is gone, not silent, and its slots free
+        //  now. The last messages get a moment to leave.
+        s_send_alive (self, true);
+        int linger = 200;
+        zmq_setsockopt (self->dealer, ZMQ_LINGER, &linger, sizeof linger);
         zmq_close (self->dealer);
+    }
+    free (self->instance);
     zhashx_destroy (&self->by_correlation);
     zhashx_destroy (&self->releases);
     free (self->fresh);

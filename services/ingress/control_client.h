@@ -21,6 +21,10 @@ typedef void (control_reply_fn) (void *client, const gw_msg_t *reply);
 control_client_t *control_client_new (gw_loop_t *loop, void *zmq_ctx, const char *endpoints, int timeout_ms);
 void control_client_destroy (control_client_t **self_p);
 
+/*  The stable name the alerter knows this ingress by (GW_INGRESS_ID, or
+    host:port), sent with INGRESS_ALIVE from now on. */
+void control_client_set_instance (control_client_t *self, const char *instance);
+
 /*  This ingress instance's id (random per process), sent with ADMITs. */
 const char *control_client_ingress_id (control_client_t *self);
 

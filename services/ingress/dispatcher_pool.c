@@ -226,12 +226,12 @@ s_on_message (dispatcher_pool_t *self, const char *rid, size_t rid_size, gw_msg_
 {
     dispatcher_t *d = zhashx_lookup (self->dispatchers, rid);
     if (msg->id == GW_MSG_HELLO) {
-        //  An older dispatcher decodes none of our newer JOBs: taking it on would
-        //  leave every job sent there to time out. It is refused until upgraded
-        //  (older messages still decode, so its spool and its goodbyes are fine).
-        if (msg->version && msg->version < GW_PROTO_VERSION) {
-            gw_error ("pool", "dispatcher refused: it speaks protocol %u, this ingress %u; upgrade it id=%s",
-                      msg->version, GW_PROTO_VERSION, rid);
+        //  A dispatcher older than our JOBs decodes none of them: taking it on
+        //  would leave every job sent there to time out. It is refused until
+        //  upgraded (older messages still decode, so its goodbyes are fine).
+        if (msg->version && msg->version < GW_VERSION_JOB) {
+            gw_error ("pool", "dispatcher refused: it speaks protocol %u, jobs need %u; upgrade it id=%s",
+                      msg->version, (unsigned) GW_VERSION_JOB, rid);
             return;
         }
         s_on_hello (self, rid, d, msg);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 /*  During the shutdown grace period: nothing left in progress? */
@@ -80,6 +81,13 @@ main (void)
     if (front) {
         gw_info ("main", "listening url=http://%s:%d jobs=%s", http_config.host, http_front_port (front),
                  pool_config.endpoint);
+        if (control) {
+            //  Stable across restarts, so a restarted ingress takes its row back.
+            char name[300], host[256] = "";
+            gethostname (host, sizeof host - 1);
+            snprintf (name, sizeof name, "%s:%d", host, http_front_port (front));
+            control_client_set_instance (control, gw_env_str ("GW_INGRESS_ID", name));
+        }
         rc = gw_loop_run (loop) ? 1 : 0;
         //  SIGTERM: stop accepting, let requests in progress finish for a while
         //  (a second signal cuts this short), then end what is left.
