@@ -42,6 +42,7 @@ main (void)
         .endpoint = gw_env_str ("GW_ACCOUNTING_BIND", "tcp://127.0.0.1:5556"),
         .currency = currency,
         .batch_max = (size_t) gw_env_int ("GW_ACCOUNTING_BATCH", 5000, 1, 100000),
+        .linger_ms = (int) gw_env_int ("GW_ACCOUNTING_LINGER_MS", 5, 0, 1000),
     };
     control_config_t control_config = {
         .endpoint = gw_env_str ("GW_CONTROL_BIND", "tcp://127.0.0.1:5557"),

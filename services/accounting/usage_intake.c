@@ -28,7 +28,9 @@ struct usage_intake_t {
     price_table_t *prices;
     void *router;
     s_item_t *items;
+    size_t nitems;  //  received, not stored yet
     usage_row_t *rows;
+    gw_timer_t *linger_timer;  //  stores what gathered, GW_ACCOUNTING_LINGER_MS after the first
     gw_timer_t *reconnect_timer;
     gw_timer_t *status_timer;  //  accounting's own STATUS row
     char instance[400];
@@ -122,12 +124,24 @@ s_on_status_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
     gw_timer_start (loop, timer, self->status_ms);
 }
 
+static void s_store_batch (usage_intake_t *self);
+
+static void
+s_on_linger (gw_loop_t *loop, gw_timer_t *timer, void *arg)
+{
+    (void) loop, (void) timer;
+    s_store_batch (arg);
+}
+
+/*  Takes what the dispatchers sent. Events wait up to GW_ACCOUNTING_LINGER_MS
+    for others, so that a steady trickle is stored many per transaction: a
+    transaction's fixed cost (the commit's flush, the keys' rows) dwarfs an
+    event's. A full batch goes at once. */
 static void
 s_on_router (gw_loop_t *loop, void *socket, void *arg)
 {
-    (void) loop;
     usage_intake_t *self = arg;
-    size_t n = 0;
+    size_t n = self->nitems;
     while (n < self->config.batch_max) {
         s_item_t *it = &self->items[n];
         gw_decode_t rc = gw_msg_recv (socket, it->rid, &it->rid_size, &it->msg);
@@ -148,6 +162,25 @@ s_on_router (gw_loop_t *loop, void *socket, void *arg)
         }
         n++;
     }
+    self->nitems = n;
+    if (n == 0)
+        return;
+    if (n < self->config.batch_max && self->config.linger_ms > 0) {
+        if (!gw_timer_active (self->linger_timer))
+            gw_timer_start (loop, self->linger_timer, self->config.linger_ms);
+        return;
+    }
+    s_store_batch (self);
+}
+
+static void
+s_store_batch (usage_intake_t *self)
+{
+    gw_loop_t *loop = self->loop;
+    size_t n = self->nitems;
+    self->nitems = 0;
+    if (gw_timer_active (self->linger_timer))
+        gw_timer_stop (loop, self->linger_timer);
     if (n == 0)
         return;
     if (!usage_store_ready (self->store)) {
@@ -222,6 +255,7 @@ usage_intake_new (gw_loop_t *loop, void *zmq_ctx, const intake_config_t *config,
     self->rows = calloc (config->batch_max, sizeof *self->rows);
     self->reconnect_timer = gw_timer_new (s_on_reconnect, self);
     self->status_timer = gw_timer_new (s_on_status_timer, self);
+    self->linger_timer = gw_timer_new (s_on_linger, self);
     //  As often as the dispatchers report theirs (GW_STATUS_MS): the alerter's
     //  GW_ALERT_SILENT_S must be longer than both.
     self->status_ms = (int) gw_env_int ("GW_STATUS_MS", 10000, 100, 3600000);
@@ -260,6 +294,10 @@ usage_intake_destroy (usage_intake_t **self_p)
              (unsigned long long) self->unpriced, (unsigned long long) self->batches);
     gw_timer_destroy (self->loop, &self->reconnect_timer);
     gw_timer_destroy (self->loop, &self->status_timer);
+    gw_timer_destroy (self->loop, &self->linger_timer);
+    //  Received, not stored: not acknowledged either, so the spools send them again.
+    for (size_t i = 0; i < self->nitems; i++)
+        gw_msg_clear (&self->items[i].msg);
     //  A clean stop: this instance is gone, not silent.
     gw_status_t leaving = { .kind = "accounting", .instance = self->instance, .host = "", .balance_provider = "",
                             .balance_currency = "", .balance_total = "", .leaving = true };

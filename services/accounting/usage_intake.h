@@ -21,6 +21,7 @@ typedef struct {
     const char *endpoint;  //  ROUTER bind endpoint
     const char *currency;  //  prices in this currency apply
     size_t batch_max;  //  most events per transaction
+    int linger_ms;  //  how long received events wait for more before they are stored
 } intake_config_t;
 
 usage_intake_t *usage_intake_new (gw_loop_t *loop, void *zmq_ctx, const intake_config_t *config,

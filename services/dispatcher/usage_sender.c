@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <zmq.h>
 
 #define SENDER_WINDOW 20000  //  most events handed to the socket per turn
@@ -55,11 +56,24 @@ static void
 s_flush (usage_sender_t *self)
 {
     s_retry_overflow (self);
-    if (usage_spool_sync (self->spool))
-        return;  //  logged by the spool; nothing new is sent until it is durable
+    //  New events go to the spool's syncer, and the loop goes on: their
+    //  fdatasync never holds up a job. They are sent once it returned
+    //  (s_on_synced); what was durable before goes now.
+    usage_spool_sync_start (self->spool);
     //  A window per turn: what is queued in the socket but not yet stored is
     //  bounded, so a slow accounting is not sent the same events again and again.
     usage_spool_due (self->spool, gw_now_ms (), self->config.resend_ms, SENDER_WINDOW, s_send_one, self);
+}
+
+static void
+s_on_synced (gw_loop_t *loop, int fd, uint32_t events, void *arg)
+{
+    (void) loop, (void) fd, (void) events;
+    usage_sender_t *self = arg;
+    if (usage_spool_sync_finish (self->spool) == 1)
+        return;
+    //  Send the batch, and hand over what gathered meanwhile.
+    s_flush (self);
 }
 
 static void
@@ -153,7 +167,10 @@ usage_sender_held (usage_sender_t *self)
 void
 usage_sender_flush (usage_sender_t *self)
 {
-    s_flush (self);
+    s_retry_overflow (self);
+    //  Waits for the disk: for the end, when nothing else runs.
+    if (usage_spool_sync (self->spool) == 0)
+        usage_spool_due (self->spool, gw_now_ms (), self->config.resend_ms, SENDER_WINDOW, s_send_one, self);
 }
 
 usage_sender_t *
@@ -171,6 +188,7 @@ usage_sender_new (gw_loop_t *loop, void *zmq_ctx, const sender_config_t *config,
         return NULL;
     }
     gw_loop_add_socket (loop, self->dealer, s_on_dealer, self);
+    gw_loop_watch (loop, usage_spool_sync_fd (spool), EPOLLIN, s_on_synced, self);
     self->flush_timer = gw_timer_new (s_on_flush, self);
     self->resend_timer = gw_timer_new (s_on_resend, self);
     //  Whatever the spool replayed from a previous run goes out at once.
@@ -191,6 +209,7 @@ usage_sender_destroy (usage_sender_t **self_p)
     for (size_t i = 0; i < self->noverflow; i++)
         gw_msg_clear (&self->overflow[i]);
     free (self->overflow);
+    gw_loop_unwatch (self->loop, usage_spool_sync_fd (self->spool));
     gw_timer_destroy (self->loop, &self->flush_timer);
     gw_timer_destroy (self->loop, &self->resend_timer);
     //  What was just sent (the last STATUS, flushed events) gets a moment to

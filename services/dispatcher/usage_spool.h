@@ -13,7 +13,8 @@
 
     On disk: segment files spool-<16 hex digits>.log in one directory that belongs
     to one dispatcher instance (a second process opening it is refused). The
-    record format is described in usage_spool.c. Not thread-safe: one loop owns it.
+    record format is described in usage_spool.c. Not thread-safe: one loop owns it
+    (the thread behind usage_spool_sync_start only writes and fdatasyncs).
 */
 #ifndef USAGE_SPOOL_H_INCLUDED
 #define USAGE_SPOOL_H_INCLUDED
@@ -59,6 +60,27 @@ int usage_spool_append (usage_spool_t *self, const gw_usage_t *event);
     acknowledged. Returns 0, or -1 (logged): the unsynced events stay buffered
     and the next sync retries them in a new segment. */
 int usage_spool_sync (usage_spool_t *self);
+
+/*  The same group commit without waiting for the disk: hands what was
+    appended since the last sync to a thread of the spool's own, which writes
+    it and fdatasyncs the file, while the loop goes on (appends gather for the
+    next batch). Returns 1 when a batch is in flight (this one or one started
+    before), 0 when there was nothing to write, -1 on error (logged; retried
+    after a pause). When usage_spool_sync_fd() is readable, call
+    usage_spool_sync_finish(): the batch's events become due. One batch at a
+    time; usage_spool_sync() and usage_spool_destroy() wait for it. */
+int usage_spool_sync_start (usage_spool_t *self);
+
+/*  An eventfd, readable once the batch in flight is done. */
+int usage_spool_sync_fd (usage_spool_t *self);
+
+/*  Takes the outcome of the batch in flight: 0 done (its events are due; also
+    when none was in flight), 1 still in flight, -1 failed (logged; its events
+    wait for the next start, after a pause, into a new segment). */
+int usage_spool_sync_finish (usage_spool_t *self);
+
+/*  A batch is in flight. */
+bool usage_spool_syncing (usage_spool_t *self);
 
 /*  Calls fn for each durable pending event never sent, or last sent more than
     resend_ms before now_ms (a monotonic clock), at most max events, oldest
