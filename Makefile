@@ -34,7 +34,7 @@ DEB_PACKAGES := build-essential pkg-config libczmq-dev libzmq3-dev libmicrohttpd
   libcurl4-openssl-dev libjansson-dev libmsgpack-dev libpq-dev libssl-dev postgresql python3 curl \
   python3-aiosmtpd openssl faketime
 
-.PHONY: all deps run test test-asan asan selftest fuzz bench-accounting clean
+.PHONY: all deps run test test-asan asan selftest fuzz bench bench-accounting clean
 all: $(PROGRAMS)
 
 $(OBJ)/%.o: %.c
@@ -120,6 +120,12 @@ asan:
 test-asan: deps
 	$(MAKE) SANITIZE=1 all
 	@python3 tests/run.py --bin bin-asan
+
+# The gateway beside the mock upstream, nginx and Portkey, and 10,000 concurrent streams
+# (issue 6; bench/RESULTS.md). Installs nginx-light and, under bench/.peers/, the pinned
+# Portkey when missing. About 8 minutes.
+bench: all
+	python3 bench/gateway.py
 
 # Sustained durable usage events per second into PostgreSQL (bench/RESULTS.md).
 bench-accounting: all
