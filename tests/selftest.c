@@ -15,6 +15,7 @@
 #include "gw_apikey.h"
 #include "gw_env.h"
 #include "gw_host.h"
+#include "gw_trim.h"
 #include "gw_error.h"
 #include "gw_id.h"
 #include "gw_log.h"
@@ -43,6 +44,7 @@ static const selftest_t s_tests[] = {
     { "gw_env", gw_env_test },
     { "gw_apikey", gw_apikey_test },
     { "gw_host", gw_host_test },
+    { "gw_trim", gw_trim_test },
     { "gw_error", gw_error_test },
     { "gw_id", gw_id_test },
     { "gw_loop", gw_loop_test },

@@ -3,6 +3,7 @@
     reports), the usage path (spool and sender to accounting, optional JSON log),
     the job runner (libcurl) and the ingress links (ZeroMQ) onto one loop. */
 #include "gw_env.h"
+#include "gw_trim.h"
 #include "gw_id.h"
 #include "gw_log.h"
 #include "gw_loop.h"
@@ -92,6 +93,13 @@ s_on_usage (void *arg, const gw_usage_t *event)
         usage_log_write (out->log, event);
 }
 
+/*  Jobs in progress (for the memory trimmer). */
+static size_t
+s_active (void *arg)
+{
+    return job_runner_active (arg);
+}
+
 /*  During the shutdown grace period: nothing left in progress? */
 static bool
 s_drained (void *arg)
@@ -174,6 +182,8 @@ main (void)
     ingress_links_t *links = runner ? ingress_links_new (loop, zmq_ctx, &links_config, providers, runner) : NULL;
     int rc = 1;
     gw_timer_t *spool_check = NULL, *status = NULL;
+    //  After a burst (thousands of streams), memory goes back to the system.
+    gw_trim_t *trim = runner ? gw_trim_new (loop, s_active, runner) : NULL;
     if (links && usage.sender) {
         usage.links = links;
         usage.id = links_config.dispatcher_id;
@@ -199,6 +209,7 @@ main (void)
     }
     if (status)
         s_status (&usage, true);
+    gw_trim_destroy (&trim);
     gw_timer_destroy (loop, &spool_check);
     gw_timer_destroy (loop, &status);
     balance_probe_destroy (&usage.balance);

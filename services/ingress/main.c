@@ -7,6 +7,7 @@
 #include "http_front.h"
 #include "control_client.h"
 #include "key_cache.h"
+#include "gw_trim.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,13 @@ static bool
 s_drained (void *arg)
 {
     return http_front_active (arg) == 0;
+}
+
+/*  Requests in progress (for the memory trimmer). */
+static size_t
+s_active (void *arg)
+{
+    return http_front_active (arg);
 }
 
 /*  After it: every release acknowledged (concurrency slots given back)? */
@@ -77,6 +85,8 @@ main (void)
     http_front_t *front = pool && (control || !control_endpoints)
                               ? http_front_new (loop, pool, control, keys, &http_config)
                               : NULL;
+    //  After a burst (thousands of streams), memory goes back to the system.
+    gw_trim_t *trim = front ? gw_trim_new (loop, s_active, front) : NULL;
     int rc = 1;
     if (front) {
         gw_info ("main", "listening url=http://%s:%d jobs=%s", http_config.host, http_front_port (front),
@@ -98,6 +108,7 @@ main (void)
     //  The front goes first: closing its connections cancels their jobs in the
     //  pool. Then the pool, whose jobs still at dispatchers are released (with
     //  their usage unknown: their reservations lapse) through the control client.
+    gw_trim_destroy (&trim);
     http_front_destroy (&front);
     dispatcher_pool_destroy (&pool);
     //  Releases still unacknowledged get a moment to land; what does not lapses
