@@ -50,13 +50,13 @@ def _children_map():
 def tree(roots):
     """The roots (those still alive) and every living descendant, each once."""
     kids = _children_map()
-    seen, todo = [], [r for r in roots if r and os.path.exists(f"/proc/{r}")]
-    while todo:
-        pid = todo.pop()
+    seen, stack = [], [r for r in roots if r and os.path.exists(f"/proc/{r}")]
+    while stack:
+        pid = stack.pop()
         if pid in seen:
             continue
         seen.append(pid)
-        todo.extend(kids.get(pid, []))
+        stack.extend(kids.get(pid, []))
     return seen
 
 

@@ -7,9 +7,11 @@
     deduplicates by event_id, so a resend is harmless).
 
     Use per loop turn: usage_spool_append() each new event (memory only, O(1)),
-    then once usage_spool_sync() (one write and one fdatasync for the whole turn,
-    group commit), then usage_spool_due() to send what is durable and due, and
-    usage_spool_ack() for each USAGE_ACK event id.
+    then once usage_spool_sync_start() (one write for the whole turn, and an
+    fdatasync on the spool's own thread, group commit; usage_spool_sync_finish()
+    when usage_spool_sync_fd() is readable) or usage_spool_sync() (the same,
+    waiting for the disk), then usage_spool_due() to send what is durable and
+    due, and usage_spool_ack() for each USAGE_ACK event id.
 
     On disk: segment files spool-<16 hex digits>.log in one directory that belongs
     to one dispatcher instance (a second process opening it is refused). The
