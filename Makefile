@@ -16,7 +16,7 @@ endif
 
 CFLAGS += -std=gnu11 -D_GNU_SOURCE -Wall -Wextra -Werror $(OPT) -Iproto -Ilib -I/usr/include/postgresql -MMD -MP
 LDFLAGS += $(OPT)
-LIBS := -lczmq -lzmq -lmicrohttpd -lcurl -ljansson -lmsgpackc -lpq -lcrypto -lm -lpthread
+LIBS := -lczmq -lzmq -lmicrohttpd -lcurl -ljansson -lmsgpackc -lpq -lsodium -lcrypto -lm -lpthread
 
 LIB_SRC := $(wildcard lib/*.c) $(wildcard proto/*.c)
 INGRESS_SRC := $(filter-out %/main.c,$(wildcard services/ingress/*.c))
@@ -31,7 +31,7 @@ PROGRAMS := $(BIN)/ingress $(BIN)/dispatcher $(BIN)/accounting $(BIN)/alerter $(
   $(BIN)/gw-report $(BIN)/gw-keys $(BIN)/gw-notify $(BIN)/gw-selftest
 
 DEB_PACKAGES := build-essential pkg-config libczmq-dev libzmq3-dev libmicrohttpd-dev \
-  libcurl4-openssl-dev libjansson-dev libmsgpack-dev libpq-dev libssl-dev postgresql python3 curl \
+  libcurl4-openssl-dev libjansson-dev libmsgpack-dev libpq-dev libssl-dev libsodium-dev postgresql python3 curl \
   python3-aiosmtpd openssl faketime
 
 .PHONY: all deps run test test-asan asan selftest fuzz bench bench-accounting clean

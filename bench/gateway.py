@@ -10,6 +10,11 @@ targets in front of it, all on 127.0.0.1 (bench/targets.py):
            a custom host: the mock
   gateway  ours with usage accounting on: PostgreSQL (fsync on), accounting, alerter,
            one dispatcher, one ingress with GW_AUTH=keys and a key without limits
+  gateway-cache  "gateway (cache hit)" in the tables: the same gateway, every request
+           with X-Gateway-Cache: use, answered from the dispatcher's response cache.
+           Before each of its points one request (re)fills the cache, then the mock's
+           request counter (GET /mock/stats) must not move during the point: the run
+           fails otherwise. Its points last --cache-seconds.
 
 The same load against each (bench/load.py): wrk with a POST body, non-streamed
 (max_tokens 16) and streamed, at concurrency 1, 16, 64 and 256; rounds interleave the
@@ -58,7 +63,13 @@ import targets  # noqa: E402
 
 SECTION = "## Gateway versus peers (issue 6)"
 PROGRAMS = ("mock-upstream", "ingress", "dispatcher", "accounting", "alerter")
-TARGETS = ("mock", "nginx", "portkey", "gateway")
+TARGETS = ("mock", "nginx", "portkey", "gateway", "gateway-cache")
+CACHED = "gateway-cache"
+LABELS = {CACHED: targets.CachedGateway.label}
+# The ingress's default TTL of cached answers (GW_CACHE_TTL_S) for the bench's gateway:
+# longer than any run, so that no entry expires in the middle of a point. It applies only
+# to requests that ask for the cache: the "gateway" row's requests never touch it.
+CACHE_TTL_S = "7200"
 HELLO = [{"role": "user", "content": "Hello"}]
 BODIES = {
     "non-streamed": json.dumps({"model": "deepseek-chat", "max_tokens": 16, "messages": HELLO}),
@@ -84,11 +95,32 @@ def say(*args):
 
 # ------------------------------------------------------------------ measuring
 
-def point(target, mock, body, c, seconds, wrk_threads, gateway):
+def label(name):
+    return LABELS.get(name, name)
+
+
+def mock_requests(mock):
+    """The API requests the mock has received (its /mock/stats does not count itself)."""
+    return json.loads(targets.harness.http("GET", mock.url + "/mock/stats", timeout=5)[2])["requests"]
+
+
+def fill_cache(cached, body):
+    """One request through the cache before a point: a hit when the answer is there, a
+    miss (stored, the only one to reach the mock) when not. Returns that state."""
+    st, hd, raw = targets.harness.http("POST", cached.url + load.CHAT_PATH, json.loads(body), cached.headers,
+                                       timeout=20)
+    state = hd.get("x-gateway-cache")
+    if st != 200 or state not in ("hit", "miss"):
+        raise RuntimeError(f"cache warm-up answered {st}, x-gateway-cache {state!r}: {raw[:300]!r}")
+    return state
+
+
+def point(target, mock, body, c, seconds, wrk_threads):
     """One wrk run against one target, with its CPU time and peak memory."""
     roots = target.roots()
-    if target is gateway:
-        rows0 = gateway.usage_rows()
+    accounted = hasattr(target, "usage_rows")  # our gateway, whether through its cache or not
+    if accounted:
+        rows0 = target.usage_rows()
         time.sleep(0.1)  # psql's backend gone and reaped before the CPU is read
     cpu0, mock_cpu0 = procstat.cpu_seconds(roots), procstat.cpu_seconds(mock.roots())
     procstat.reset_peak(roots)
@@ -100,7 +132,7 @@ def point(target, mock, body, c, seconds, wrk_threads, gateway):
     # catch up (it stores tens of thousands of rows a second), so that this work is
     # counted here and does not spill into the next target's point. The rows are
     # counted after the CPU is read (psql's own backend would count otherwise).
-    time.sleep(1.0 if target is gateway else 0.2)
+    time.sleep(1.0 if accounted else 0.2)
     cpu = procstat.cpu_seconds(roots) - cpu0
     mock_cpu = procstat.cpu_seconds(mock.roots()) - mock_cpu0
     me1, busy1, t1 = resource.getrusage(resource.RUSAGE_SELF), procstat.machine_busy_seconds(), time.monotonic()
@@ -109,8 +141,8 @@ def point(target, mock, body, c, seconds, wrk_threads, gateway):
     other = (busy1 - busy0) - cpu - (0 if target is mock else mock_cpu) - wrk_cpu - mine
     parts = {name: procstat.memory_kib(r) for name, r in target.parts().items()}
     mem = {k: sum(m[k] for m in parts.values()) for k in ("rss", "hwm")}
-    if target is gateway:
-        res["usage_rows"] = gateway.usage_rows() - rows0
+    if accounted:
+        res["usage_rows"] = target.usage_rows() - rows0
         if res["usage_rows"] < res["requests"]:
             say(f"note: {res['usage_rows']} usage rows stored for {res['requests']} requests one second after "
                 "the point")
@@ -339,8 +371,10 @@ def markdown(res):
             f"(@hono/node-server pinned to {v.get('hono_node_server', '?')}, see below) |",
             f"| wrk | {v['wrk']}, -t{res['settings']['wrk_threads']} |", f"| PostgreSQL | {v['postgres']} |", ""]
     s = res["settings"]
+    cache_s = s.get("cache_seconds", s["seconds"])
+    cache_note = f" ({cache_s} s for {label(CACHED)})" if res.get("cache_check") and cache_s != s["seconds"] else ""
     out.append(f"Load: wrk, one thread, concurrency {', '.join(map(str, s['concurrency']))}, {s['seconds']} s per "
-               f"point, {s['rounds']} rounds with the targets interleaved; medians over rounds. Request: "
+               f"point{cache_note}, {s['rounds']} rounds with the targets interleaved; medians over rounds. Request: "
                "`deepseek-chat`, one user message \"Hello\", `max_tokens` 16 (16 tokens back), streamed or not. "
                f"The mock answers at once (`MOCK_THREADS={s['mock_threads']}`). Before the rounds, each target gets "
                f"{s['warmup_s']} s of each kind of request at concurrency 16 (Node.js compiles its hot code "
@@ -362,11 +396,21 @@ def markdown(res):
                 if not x:
                     continue
                 floor = t == "mock"
-                out.append(f"| {c} | {t} | {x['rps']:,.0f} | {fmt_us(x['p50_us'])} | {fmt_us(x['p90_us'])} "
+                out.append(f"| {c} | {label(t)} | {x['rps']:,.0f} | {fmt_us(x['p50_us'])} | {fmt_us(x['p90_us'])} "
                            f"| {fmt_us(x['p99_us'])} | {'' if floor else fmt_added(x.get('added_p50_us'))} "
                            f"| {'' if floor else fmt_added(x.get('added_p99_us'))} | {x['cpu_s_per_1k']:.3f} "
                            f"| {x['peak_kib'] / 1024:,.1f} | {x['errors']:,} |")
-    stalls = [f"{mode} c{c} {t} round {i + 1} ({x['rps']:,.0f} req/s, {x['served_fraction']:.0%} of the "
+    cc = res.get("cache_check")
+    if cc:
+        out += ["", f"**{label(CACHED)}** is our gateway above (the same processes and key) with `X-Gateway-Cache: "
+                f"use` on every request, so that the dispatcher answers from its response cache without calling "
+                f"the mock: each of its points ({s.get('cache_seconds', s['seconds'])} s) follows one request that "
+                f"fills the cache, and the mock's request counter (`GET /mock/stats`) moved by "
+                f"{cc['mock_requests']:,} during its {len(cc['points'])} points ({cc['requests']:,} requests, "
+                f"{cc['cache_hit_rows']:,} usage rows marked cached). Its added latency is against the mock "
+                "directly, like the others': a hit skips the upstream call but not the gateway's own path (ingress, "
+                "dispatcher, usage accounting)."]
+    stalls = [f"{mode} c{c} {label(t)} round {i + 1} ({x['rps']:,.0f} req/s, {x['served_fraction']:.0%} of the "
               f"connections served, {x['errors']:,} errors)"
               for mode, by_c in res["runs"].items() for c, by_t in by_c.items() for t, xs in by_t.items()
               for i, x in enumerate(xs) if stalled(x)]
@@ -502,6 +546,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=3, help="per wrk point")
+    ap.add_argument("--cache-seconds", type=int, default=None,
+                    help="per wrk point of the gateway answering from its cache (default: --seconds)")
     ap.add_argument("--concurrency", default="1,16,64,256")
     ap.add_argument("--modes", default="non-streamed,streamed")
     ap.add_argument("--targets", default=",".join(TARGETS))
@@ -546,12 +592,14 @@ def main():
     if "portkey" in names:
         targets.ensure_portkey()
     bin_dir = copy_programs(args.bin)
+    cache_seconds = args.cache_seconds or args.seconds
     conc = [int(c) for c in args.concurrency.split(",")]
     modes = [m for m in args.modes.split(",") if m]
     res = {"command": "python3 bench/gateway.py" + "".join(" " + a for a in sys.argv[1:]),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": machine(), "versions": targets.versions(), "build": build_info(),
            "settings": {"rounds": args.rounds, "seconds": args.seconds, "concurrency": conc, "modes": modes,
+                        "cache_seconds": cache_seconds, "cache_ttl_s": int(CACHE_TTL_S),
                         "wrk_threads": args.wrk_threads, "nginx_workers": args.nginx_workers,
                         "mock_threads": args.mock_threads, "warmup_s": args.warmup,
                         "ttfb_requests": args.ttfb, "bodies": BODIES, "ttfb_body": TTFB_BODY}}
@@ -576,27 +624,46 @@ def main():
             up["nginx"] = targets.Nginx(mock, args.nginx_workers)
         if "portkey" in names:
             up["portkey"] = targets.Portkey(mock)
-        if "gateway" in names:
-            up["gateway"] = targets.Gateway(mock, bin_dir)
+        if "gateway" in names or CACHED in names:
+            up["gateway"] = targets.Gateway(mock, bin_dir, ingress_env={"GW_CACHE_TTL_S": CACHE_TTL_S})
         gateway = up.get("gateway")
-        order = [up[t] for t in TARGETS if t in up]
-        say("targets: " + ", ".join(f"{t.name} {t.url}" for t in order))
+        cached = targets.CachedGateway(gateway) if CACHED in names else None
+        avail = dict(up, **({CACHED: cached} if cached else {}))
+        order = [avail[t] for t in TARGETS if t in avail and (t != "gateway" or t in names)]
+        say("targets: " + ", ".join(f"{label(t.name)} {t.url}" for t in order))
         # Each answers both kinds of request correctly before anything is measured.
         for t in order:
+            if t is cached:
+                continue  # below
             for mode, body in BODIES.items():
                 st, _, raw = targets.harness.http("POST", t.url + load.CHAT_PATH, json.loads(body), t.headers,
                                                   timeout=20)
                 ok = st == 200 and (b"tok16" in raw if mode == "non-streamed" else b"[DONE]" in raw)
                 if not ok:
                     raise RuntimeError(f"{t.name} answered {mode} {st}: {raw[:300]!r}")
+        if cached:
+            # A request asking for the cache is stored by the first, answered by the
+            # second: the same bytes, without reaching the mock.
+            for mode, body in BODIES.items():
+                n0 = mock_requests(mock)
+                got = [targets.harness.http("POST", cached.url + load.CHAT_PATH, json.loads(body), cached.headers,
+                                            timeout=20) for _ in range(2)]
+                states = [hd.get("x-gateway-cache") for _, hd, _ in got]
+                ok = all(st == 200 and (b"tok16" in raw if mode == "non-streamed" else b"[DONE]" in raw)
+                         for st, _, raw in got)
+                if not ok or states != ["miss", "hit"] or mock_requests(mock) != n0 + 1 or \
+                        (mode == "non-streamed" and got[0][2] != got[1][2]):
+                    raise RuntimeError(f"the gateway's cache, {mode}: x-gateway-cache {states}, "
+                                       f"{mock_requests(mock) - n0} requests at the mock (want miss, hit and 1)")
         time.sleep(0.5)
         res["idle_parts_kib"] = {t.name: {p: procstat.memory_kib(r)["rss"] for p, r in t.parts().items()}
-                                 for t in order}
+                                 for t in order if t is not cached}
         res["idle_kib"] = {t: sum(parts.values()) for t, parts in res["idle_parts_kib"].items()}
         for t in order:  # warm-up: connections, caches, JIT
             for body in BODIES.values():
                 load.wrk(t.url, t.headers, body, 16, args.warmup, args.wrk_threads)
         runs = {}
+        cache_points = []  # per point of the cached gateway: the mock's requests during it
         total = len(conc) * args.rounds * len(modes) * len(order)
         done = 0
         for c in conc:
@@ -604,20 +671,54 @@ def main():
                 for mode in modes:
                     turn = order[r % len(order):] + order[:r % len(order)]
                     for t in turn:
-                        p = point(t, mock, BODIES[mode], c, args.seconds, args.wrk_threads, gateway)
+                        if t is cached:
+                            warm = fill_cache(cached, BODIES[mode])
+                            n0, hits0 = mock_requests(mock), gateway.cache_rows()
+                            p = point(t, mock, BODIES[mode], c, cache_seconds, args.wrk_threads)
+                            # point() waited a second after wrk: a request that went upstream
+                            # has reached the mock by now.
+                            p["warmup"] = warm
+                            p["mock_requests"] = mock_requests(mock) - n0
+                            p["cache_hit_rows"] = gateway.cache_rows() - hits0
+                            cache_points.append({"mode": mode, "c": c, "round": r + 1, "warmup": warm,
+                                                 "requests": p["requests"], "mock_requests": p["mock_requests"],
+                                                 "cache_hit_rows": p["cache_hit_rows"]})
+                            if p["mock_requests"]:
+                                say(f"CACHE MISSES: {p['mock_requests']:,} requests reached the mock during "
+                                    f"{label(CACHED)} {mode} c{c} round {r + 1}")
+                        else:
+                            p = point(t, mock, BODIES[mode], c, args.seconds, args.wrk_threads)
                         runs.setdefault(mode, {}).setdefault(str(c), {}).setdefault(t.name, []).append(p)
                         done += 1
-                        say(f"[{done}/{total}] {mode:12s} c{c:<3d} round {r + 1} {t.name:8s} {p['rps']:8,.0f} req/s"
+                        say(f"[{done}/{total}] {mode:12s} c{c:<3d} round {r + 1} {t.name:13s} {p['rps']:8,.0f} req/s"
                             f"  p50 {p['p50_us']:>7,} p90 {p['p90_us']:>7,} p99 {p['p99_us']:>8,} µs"
                             f"  cpu {p['cpu_s_per_1k']:.3f} s/1k  peak {p['peak_kib'] / 1024:6.1f} MB"
                             f"  errors {p['errors']}  other {p['other_cpu_pct']}%"
                             + (f"  STALLED: {p['served_fraction']:.0%} served" if stalled(p) else ""))
         res["runs"] = runs
+        if cached:
+            # Every measured request a hit: the mock saw none of them (each point's one
+            # warm-up request came before its count started).
+            missed = [x for x in cache_points if x["mock_requests"]]
+            res["cache_check"] = {"points": cache_points, "requests": sum(x["requests"] for x in cache_points),
+                                  "mock_requests": sum(x["mock_requests"] for x in cache_points),
+                                  "cache_hit_rows": sum(x["cache_hit_rows"] for x in cache_points),
+                                  "warmup_misses": sum(x["warmup"] == "miss" for x in cache_points)}
+            cc = res["cache_check"]
+            say(f"cache check: {cc['requests']:,} requests in {len(cache_points)} points of {label(CACHED)}, "
+                f"{cc['mock_requests']:,} of them reached the mock; {cc['cache_hit_rows']:,} usage rows marked "
+                f"cached; {cc['warmup_misses']} warm-up requests were misses")
+            if missed:
+                raise RuntimeError(
+                    f"{label(CACHED)}: not every request was a cache hit: the mock's request counter moved during "
+                    + "; ".join(f"{x['mode']} c{x['c']} round {x['round']} (+{x['mock_requests']:,} of "
+                                f"{x['requests']:,})" for x in missed) + ". Nothing written.")
         res["median"] = summarise(runs)
         if args.ttfb:
             pooled = {}
+            plain = [t for t in order if t is not cached]
             for r in range(args.rounds):
-                for t in order[r % len(order):] + order[:r % len(order)]:
+                for t in plain[r % len(plain):] + plain[:r % len(plain)]:
                     x = load.ttfb(t.url, t.headers, TTFB_BODY, args.ttfb)
                     p = pooled.setdefault(t.name, {"first_byte_us": [], "total_us": [], "errors": 0})
                     p["first_byte_us"] += x["first_byte_us"]
@@ -650,6 +751,7 @@ def main():
         for mode in modes:
             res["ratios"][f"gateway / nginx req/s at c64, {mode}"] = ratio(mode, 64, "gateway", "nginx")
             res["ratios"][f"gateway / Portkey req/s at c64, {mode}"] = ratio(mode, 64, "gateway", "portkey")
+            res["ratios"][f"{label(CACHED)} / gateway req/s at c64, {mode}"] = ratio(mode, 64, CACHED, "gateway")
         res["checks"] = checks(med, res.get("streams"))
         res["elapsed_s"] = round(time.monotonic() - started)
         say("")

@@ -9,6 +9,9 @@
     Gateway(mock, bin_dir, ...)   ours: private PostgreSQL (tests/pg.py), accounting,
                                   alerter, one dispatcher, one ingress with GW_AUTH=keys
                                   and a gateway key without limits or budget
+    CachedGateway(gateway)        the same running gateway, every request carrying
+                                  X-Gateway-Cache: use, so that it is answered from the
+                                  dispatcher's response cache (a hit) once warmed
 
 Each has .name, .url (the base: requests go to url + "/v1/chat/completions"),
 .headers (what a client sends besides Content-Type), .roots() (the pids whose process
@@ -304,6 +307,10 @@ class Gateway:
     def usage_rows(self):
         return int(self.db.psql("SELECT count(*) FROM usage_events").strip())
 
+    def cache_rows(self):
+        """Usage rows marked as answered from the cache."""
+        return int(self.db.psql("SELECT count(*) FROM usage_events WHERE cached").strip())
+
     def stop(self):
         """Stop in make run's order; a service that stops badly is reported, not fatal."""
         problems = []
@@ -319,3 +326,31 @@ class Gateway:
         shutil.rmtree(self.tmp, ignore_errors=True)
         for p in problems:
             say("warning:", p)
+
+
+class CachedGateway:
+    """Our gateway answering from its response cache: the very stack of a Gateway (the
+    same processes, key and port), its requests asking for the cache. Not a stack of its
+    own: stop() leaves the gateway to its owner. Start the gateway with a cache TTL
+    longer than the run (GW_CACHE_TTL_S of the ingress), so that no entry expires
+    between two points."""
+    name = "gateway-cache"
+    label = "gateway (cache hit)"
+    CACHE_HEADERS = {"X-Gateway-Cache": "use"}
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+        self.url = gateway.url
+        self.headers = dict(gateway.headers, **self.CACHE_HEADERS)
+
+    def roots(self):
+        return self.gateway.roots()
+
+    def parts(self):
+        return self.gateway.parts()
+
+    def usage_rows(self):
+        return self.gateway.usage_rows()
+
+    def stop(self):
+        pass

@@ -2,7 +2,7 @@
 #include "gw_apikey.h"
 
 #include <assert.h>
-#include <openssl/sha.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
@@ -32,8 +32,11 @@ gw_apikey_generate (char out[GW_APIKEY_LEN + 1])
 void
 gw_apikey_hash (const char *key, size_t len, char hex[65])
 {
-    unsigned char md[SHA256_DIGEST_LENGTH];
-    SHA256 ((const unsigned char *) key, len, md);
+    //  libsodium's SHA-256, not OpenSSL's: libsodium is mapped in every
+    //  process already (libzmq links it), while OpenSSL's first digest costs
+    //  a process 2 MB of memory for its initialisation (bench/RESULTS.md).
+    unsigned char md[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256 (md, (const unsigned char *) key, len);
     for (size_t i = 0; i < sizeof md; i++) {
         hex[2 * i] = s_hex[md[i] >> 4];
         hex[2 * i + 1] = s_hex[md[i] & 15];

@@ -7,8 +7,9 @@
     Encoding: one ZeroMQ frame holding a msgpack array
         [version (see M below), message id, field 1, field 2, ...]
     Ids are never reused; new fields go at the end and bump both the protocol
-    version and the message's version (below). A message of an older version
-    (down to GW_PROTO_MIN_VERSION) still decodes: the fields it lacks read as
+    version and the message's version (below); the message's former shape goes
+    into GW_OLDER_SHAPES (at the end), so older peers can still be written to.
+    A message of an older version (down to GW_PROTO_MIN_VERSION) still decodes: the fields it lacks read as
     zero, false or "" (spools written before an upgrade replay after it). A
     version newer than the reader's protocol is refused and logged.
 
@@ -26,7 +27,7 @@
 #ifndef GW_MESSAGES_H_INCLUDED
 #define GW_MESSAGES_H_INCLUDED
 
-#define GW_PROTO_VERSION 3
+#define GW_PROTO_VERSION 4
 #define GW_PROTO_MIN_VERSION 1
 
 /*  M(NAME, id, lowercase name, version, description)
@@ -36,24 +37,26 @@
     change still reads in an older peer (an accounting upgraded first keeps
     answering older ingresses and dispatchers). HELLO is the exception: it
     carries the sender's own GW_PROTO_VERSION, so an ingress knows whether the
-    dispatcher reads its JOBs. */
+    dispatcher reads its JOBs. A question's version is also the newest shape of
+    its answer the asker reads (KEY_LOOKUP 4: KEY_INFO 4), so the answer goes
+    out in that shape (gw_msg_send_as). */
 #define GW_MESSAGES(M)                                                              \
     M (HELLO, 1, hello, GW_PROTO_VERSION, "dispatcher to ingress: I exist; here are credits and models") \
     M (HEARTBEAT, 2, heartbeat, 1, "either way: I am alive")                    \
     M (CREDIT, 3, credit, 1, "dispatcher to ingress: you may send this many more jobs") \
     M (RESET, 4, reset, 1, "ingress to dispatcher: I do not know you, say HELLO again") \
-    M (JOB, 5, job, 2, "ingress to dispatcher: run one chat completion")        \
+    M (JOB, 5, job, 4, "ingress to dispatcher: run one chat completion")        \
     M (CANCEL, 6, cancel, 1, "ingress to dispatcher: the client went away")     \
-    M (HEAD, 7, head, 1, "dispatcher to ingress: a stream starts; status and type")    \
+    M (HEAD, 7, head, 4, "dispatcher to ingress: a stream starts; status and type")    \
     M (CHUNK, 8, chunk, 1, "dispatcher to ingress: stream bytes for the client")        \
-    M (END, 9, end, 2, "dispatcher to ingress: job done, returns its credit")   \
-    M (USAGE, 10, usage, 2, "dispatcher to accounting: one upstream call's usage")     \
+    M (END, 9, end, 4, "dispatcher to ingress: job done, returns its credit")   \
+    M (USAGE, 10, usage, 4, "dispatcher to accounting: one upstream call's usage")     \
     M (BYE, 11, bye, 1, "dispatcher to ingress: stopping, send no more jobs")   \
     M (USAGE_ACK, 12, usage_ack, 1, "accounting to dispatcher: these events are committed") \
     M (REPORT_REQUEST, 13, report_request, 1, "ingress or tool to accounting: a usage report") \
     M (REPORT_REPLY, 14, report_reply, 1, "accounting to the asker: the report as JSON") \
-    M (KEY_LOOKUP, 15, key_lookup, 2, "ingress to accounting: who holds this key hash?") \
-    M (KEY_INFO, 16, key_info, 2, "accounting to ingress: the key, or that it is not valid") \
+    M (KEY_LOOKUP, 15, key_lookup, 4, "ingress to accounting: who holds this key hash?") \
+    M (KEY_INFO, 16, key_info, 4, "accounting to ingress: the key, or that it is not valid") \
     M (ADMIT, 17, admit, 2, "ingress to accounting: reserve rate, concurrency and budget") \
     M (ADMIT_REPLY, 18, admit_reply, 2, "accounting to ingress: admitted, or why not")   \
     M (RELEASE, 19, release, 2, "ingress to accounting: a request admitted earlier ended") \
@@ -90,7 +93,9 @@
     F (BOOL, client_usage, "client itself asked for stream_options.include_usage") \
     F (U64, queue_wait_us, "time the job waited in the ingress queue")          \
     F (BIN, body, "the client's JSON body, validated, otherwise unchanged")     \
-    F (U64, api_key_id, "gateway key of the request, 0 when keys are off (v2)")
+    F (U64, api_key_id, "gateway key of the request, 0 when keys are off (v2)") \
+    F (BOOL, cache_lookup, "an answer from the response cache will do (v4)")    \
+    F (U32, cache_ttl_s, "keep a good answer in the cache this long; 0 do not (v4)")
 
 #define GW_CANCEL_FIELDS(F)                                                         \
     F (U64, job_id, "job whose client disconnected")
@@ -98,7 +103,8 @@
 #define GW_HEAD_FIELDS(F)                                                           \
     F (U64, job_id, "job the stream belongs to")                                \
     F (U32, status, "HTTP status for the client")                               \
-    F (STR, content_type, "Content-Type for the client")
+    F (STR, content_type, "Content-Type for the client")                       \
+    F (BOOL, cached, "the stream replays an answer from the response cache (v4)")
 
 #define GW_CHUNK_FIELDS(F)                                                          \
     F (U64, job_id, "job the bytes belong to")                                  \
@@ -112,7 +118,8 @@
     F (U32, attempts, "upstream calls this dispatch made: usage events it wrote (v2)") \
     F (BOOL, cost_known, "every call of this dispatch was priced (v2)")         \
     F (U64, cost_pico, "cost of this dispatch's calls, 1e-12 currency units (v2)") \
-    F (STR, currency, "currency of cost_pico (v2)")
+    F (STR, currency, "currency of cost_pico (v2)")                             \
+    F (BOOL, cached, "the answer came from the response cache (v4)")
 
 #define GW_BYE_FIELDS(F)                                                            \
     F (STR, reason, "why the dispatcher stops; running jobs still finish")
@@ -143,7 +150,8 @@
     F (U64, key_id, "the key's id (200 only)")                                  \
     F (U64, expires_ms, "unix ms after which the key is refused, 0 never")      \
     F (STRLIST, models, "models the key may use; empty for all")                \
-    F (BOOL, admit, "the key has limits or budgets: each request needs ADMIT")
+    F (BOOL, admit, "the key has limits or budgets: each request needs ADMIT")   \
+    F (U32, cache_ttl_s, "the key opts in to the response cache for this long; 0 no (v4)")
 
 #define GW_ADMIT_FIELDS(F)                                                          \
     F (U64, correlation, "asker's id, echoed in the reply")                     \
@@ -254,6 +262,21 @@
     F (U64, ttfb_us, "start of the call to first upstream body byte")           \
     F (U64, total_us, "start of the call to its end")                           \
     F (U64, started_ms, "wall clock in ms when the call started")               \
-    F (U64, api_key_id, "gateway key of the request, 0 for none (v2)")
+    F (U64, api_key_id, "gateway key of the request, 0 for none (v2)")         \
+    F (BOOL, cached, "answered from the gateway's response cache: no call, no cost (v4)")
+
+/*  S(NAME, version, fields): the number of fields a message had at an older
+    version, for writing it to a peer that reads only that version
+    (gw_msg_encode_as): an ingress sends older dispatchers the JOB they know,
+    accounting answers an older ingress's KEY_LOOKUP in the KEY_INFO it knows.
+    Only trailing fields are left out, so what they ask for is simply not done
+    (no response cache through an older dispatcher). A message goes out as the
+    newest of its shapes that the peer reads. */
+#define GW_OLDER_SHAPES(S)                                                          \
+    S (JOB, 2, 9)                                                                   \
+    S (HEAD, 1, 3)                                                                  \
+    S (END, 2, 8)                                                                   \
+    S (USAGE, 2, 20)                                                                \
+    S (KEY_INFO, 2, 6)
 
 #endif

@@ -227,7 +227,9 @@ s_free_STRLIST (gw_strlist_t *v)
 /* ---- per-message functions, generated ---- */
 
 #define GW_COUNT_FIELD(type, field, desc) +1
-#define GW_PACK_FIELD(type, field, desc) s_pack_##type (pk, m->field);
+#define GW_PACK_FIELD(type, field, desc)                                            \
+    if (k++ < nfields)                                                              \
+        s_pack_##type (pk, m->field);
 #define GW_UNPACK_FIELD(type, field, desc)                                          \
     if (i >= n) {                                                                   \
         if (s_default_##type (&m->field))                                           \
@@ -240,10 +242,12 @@ s_free_STRLIST (gw_strlist_t *v)
 
 #define GW_MESSAGE_FUNCS(NAME, num, name, version, desc)                        \
     enum { s_##name##_nfields = 0 GW_##NAME##_FIELDS (GW_COUNT_FIELD) };            \
-    static void s_pack_##name (msgpack_packer *pk, const gw_##name##_t *m)          \
+    static void s_pack_##name (msgpack_packer *pk, const gw_##name##_t *m,          \
+                               uint32_t as_version, uint32_t nfields)               \
     {                                                                               \
-        msgpack_pack_array (pk, 2 + s_##name##_nfields);                            \
-        msgpack_pack_uint32 (pk, version);                                          \
+        uint32_t k = 0;                                                             \
+        msgpack_pack_array (pk, 2 + nfields);                                       \
+        msgpack_pack_uint32 (pk, as_version);                                       \
         msgpack_pack_uint32 (pk, num);                                               \
         GW_##NAME##_FIELDS (GW_PACK_FIELD)                                          \
     }                                                                               \
@@ -277,9 +281,58 @@ gw_msg_name (int id)
     return "?";
 }
 
+/*  The shape a message of this id is written in for a peer that reads
+    protocol peer_version: the message's own (version, fields) when the peer is
+    new enough, else the newest older shape it reads. -1 when there is none. */
+static int
+s_shape (int id, uint32_t peer_version, uint32_t *version, uint32_t *nfields)
+{
+    switch (id) {
+#define GW_SHAPE_CASE(NAME, num, name, msg_version, desc)                       \
+    case GW_MSG_##NAME:                                                             \
+        *version = msg_version;                                                     \
+        *nfields = s_##name##_nfields;                                              \
+        break;
+        GW_MESSAGES (GW_SHAPE_CASE)
+#undef GW_SHAPE_CASE
+    default:
+        return -1;
+    }
+    if (peer_version >= *version)
+        return 0;
+    bool found = false;
+#define GW_OLDER_CASE(NAME, shape_version, shape_fields)                        \
+    if (id == GW_MSG_##NAME && shape_version <= peer_version                        \
+        && (!found || shape_version > *version)) {                                  \
+        found = true;                                                               \
+        *version = shape_version;                                                   \
+        *nfields = shape_fields;                                                    \
+    }
+    *version = 0;
+    GW_OLDER_SHAPES (GW_OLDER_CASE)
+#undef GW_OLDER_CASE
+    return found ? 0 : -1;
+}
+
+bool
+gw_msg_writable_for (int id, uint32_t peer_version)
+{
+    uint32_t version, nfields;
+    return s_shape (id, peer_version, &version, &nfields) == 0;
+}
+
 int
 gw_msg_encode (const gw_msg_t *msg, char **data_p, size_t *size_p)
 {
+    return gw_msg_encode_as (msg, GW_PROTO_VERSION, data_p, size_p);
+}
+
+int
+gw_msg_encode_as (const gw_msg_t *msg, uint32_t peer_version, char **data_p, size_t *size_p)
+{
+    uint32_t as_version, nfields;
+    if (s_shape (msg->id, peer_version, &as_version, &nfields))
+        return -1;
     msgpack_sbuffer sbuf;
     msgpack_packer pk;
     msgpack_sbuffer_init (&sbuf);
@@ -287,7 +340,7 @@ gw_msg_encode (const gw_msg_t *msg, char **data_p, size_t *size_p)
     switch (msg->id) {
 #define GW_PACK_CASE(NAME, num, name, version, desc)                            \
     case GW_MSG_##NAME:                                                             \
-        s_pack_##name (&pk, &msg->name);                                            \
+        s_pack_##name (&pk, &msg->name, as_version, nfields);                       \
         break;
         GW_MESSAGES (GW_PACK_CASE)
 #undef GW_PACK_CASE
@@ -466,10 +519,19 @@ s_free_buffer (void *data, void *hint)
 int
 gw_msg_send (void *socket, const void *routing_id, size_t routing_id_size, const gw_msg_t *msg)
 {
+    return gw_msg_send_as (socket, routing_id, routing_id_size, msg, GW_PROTO_VERSION);
+}
+
+int
+gw_msg_send_as (void *socket, const void *routing_id, size_t routing_id_size, const gw_msg_t *msg,
+                uint32_t peer_version)
+{
     char *data;
     size_t size;
-    if (gw_msg_encode (msg, &data, &size))
+    if (gw_msg_encode_as (msg, peer_version, &data, &size)) {
+        errno = EPROTO;
         return -1;
+    }
     if (routing_id && zmq_send (socket, routing_id, routing_id_size, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
         free (data);
         return -1;
@@ -700,6 +762,41 @@ gw_proto_test (bool verbose)
         s_roundtrip (&in, &out);
         assert (out.end.currency && strcmp (out.end.currency, "") == 0);
         gw_msg_clear (&out);
+
+        //  A lookup's version says which KEY_INFO its asker reads.
+        assert (GW_VERSION_KEY_LOOKUP >= GW_VERSION_KEY_INFO);
+        //  Written for an older peer: the newest shape it reads, the newer
+        //  trailing fields left out; a peer older than every shape gets nothing.
+        in = (gw_msg_t) { .id = GW_MSG_JOB };
+        in.job = (gw_job_t) { .job_id = 9, .request_id = "r", .model = "m", .api_key_id = 5,
+                              .cache_lookup = true, .cache_ttl_s = 60 };
+        assert (gw_msg_encode_as (&in, 3, &data, &size) == 0);
+        assert (data[1] == 2 && (uint8_t) data[0] == (0x90 | (2 + 9)));
+        assert (gw_msg_decode (data, size, &out, NULL, 0) == GW_DECODE_OK);
+        assert (out.version == 2 && out.job.job_id == 9 && out.job.api_key_id == 5);
+        assert (!out.job.cache_lookup && out.job.cache_ttl_s == 0);
+        gw_msg_clear (&out);
+        free (data);
+        assert (gw_msg_encode_as (&in, 1, &data, &size) == -1);
+        assert (!gw_msg_writable_for (GW_MSG_JOB, 1) && gw_msg_writable_for (GW_MSG_JOB, 2));
+        assert (gw_msg_writable_for (GW_MSG_CREDIT, 1));
+        assert (gw_msg_encode_as (&in, GW_PROTO_VERSION, &data, &size) == 0);
+        assert (gw_msg_decode (data, size, &out, NULL, 0) == GW_DECODE_OK);
+        assert (out.version == GW_VERSION_JOB && out.job.cache_lookup && out.job.cache_ttl_s == 60);
+        gw_msg_clear (&out);
+        free (data);
+        in = (gw_msg_t) { .id = GW_MSG_KEY_INFO };
+        in.key_info = (gw_key_info_t) { .correlation = 3, .status = 200, .admit = true, .cache_ttl_s = 30 };
+        assert (gw_msg_encode_as (&in, 2, &data, &size) == 0);
+        assert (data[1] == 2);
+        assert (gw_msg_decode (data, size, &out, NULL, 0) == GW_DECODE_OK);
+        assert (out.key_info.admit && out.key_info.cache_ttl_s == 0);
+        gw_msg_clear (&out);
+        free (data);
+        //  Unchanged since version 1: written as it is to anyone.
+        in = (gw_msg_t) { .id = GW_MSG_CREDIT, .credit = { 5 } };
+        assert (gw_msg_encode_as (&in, 1, &data, &size) == 0 && data[1] == 1);
+        free (data);
     }
 
     //  Arbitrary bytes never crash (a cheap in-process fuzz; see tests/ for libFuzzer).

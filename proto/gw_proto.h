@@ -82,6 +82,15 @@ const char *gw_msg_name (int id);
 /*  Encodes msg into a fresh malloc'd buffer owned by the caller. Returns 0 or -1. */
 int gw_msg_encode (const gw_msg_t *msg, char **data_p, size_t *size_p);
 
+/*  Encodes msg for a peer that reads protocol peer_version (the version in its
+    HELLO or in the message it sent): in the newest shape of the message it
+    reads (GW_OLDER_SHAPES), newer trailing fields left out. -1 when the peer
+    reads no shape of it. */
+int gw_msg_encode_as (const gw_msg_t *msg, uint32_t peer_version, char **data_p, size_t *size_p);
+
+/*  Whether a message of this id can be written for a peer of peer_version. */
+bool gw_msg_writable_for (int id, uint32_t peer_version);
+
 /*  Decodes any bytes into msg. On success msg owns its fields (gw_msg_clear).
     On failure msg is left cleared and err (if given) says why. Never crashes. */
 gw_decode_t gw_msg_decode (const void *data, size_t size, gw_msg_t *msg, char *err, size_t errlen);
@@ -96,6 +105,10 @@ int gw_msg_send (void *socket, const void *routing_id, size_t routing_id_size, c
 /*  Receives one message without blocking. When routing_id is not NULL the first
     frame is copied there (up to 255 bytes, length in *routing_id_size).
     Returns GW_DECODE_INTERRUPTED when nothing is waiting. */
+/*  gw_msg_send for a peer that reads protocol peer_version (gw_msg_encode_as). */
+int gw_msg_send_as (void *socket, const void *routing_id, size_t routing_id_size, const gw_msg_t *msg,
+                    uint32_t peer_version);
+
 gw_decode_t gw_msg_recv (void *socket, void *routing_id, size_t *routing_id_size, gw_msg_t *msg);
 
 /*  Creates a DEALER for talking to a service (no linger, messages only on live

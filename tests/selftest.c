@@ -24,6 +24,7 @@
 #include "gw_time.h"
 #include "price_table.h"
 #include "provider_table.h"
+#include "response_cache.h"
 #include "sse_reader.h"
 #include "usage_log.h"
 #include "usage_spool.h"
@@ -56,6 +57,7 @@ static const selftest_t s_tests[] = {
     { "call_usage", call_usage_test },
     { "balance_probe", balance_probe_test },
     { "sse_reader", sse_reader_test },
+    { "response_cache", response_cache_test },
     { "usage_log", usage_log_test },
     { "price_table", price_table_test },
     { "usage_spool", usage_spool_test },

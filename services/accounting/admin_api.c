@@ -16,6 +16,7 @@
 
 #define NAME_MAX_LEN 200
 #define MODELS_MAX 100
+#define CACHE_TTL_MAX_S (30 * 86400)
 
 static char *
 s_error (uint32_t *status, uint32_t code, const char *error_code, const char *param, const char *message)
@@ -125,6 +126,20 @@ s_parse_fields (json_t *root, key_fields_t *f, char **models_json, const char **
             f->models_json = *models_json;
             continue;
         }
+        if (strcmp (field, "cache_ttl_s") == 0) {
+            //  How long answers to this key's deterministic requests are kept
+            //  in the dispatchers' response cache (docs/cache.md); 0 or null: off.
+            if (!json_is_null (value)
+                && (!json_is_integer (value) || json_integer_value (value) < 0
+                    || json_integer_value (value) > CACHE_TTL_MAX_S)) {
+                snprintf (message, size, "cache_ttl_s must be an integer of seconds from 0 to %d, or null (off)",
+                          CACHE_TTL_MAX_S);
+                return -1;
+            }
+            f->has_cache_ttl = true;
+            f->cache_ttl_s = json_is_null (value) ? 0 : (int64_t) json_integer_value (value);
+            continue;
+        }
         bool known = false;
         for (int i = 0; i < KEY_NLIMITS && !known; i++)
             if (strcmp (field, key_limit_names[i]) == 0) {
@@ -184,6 +199,7 @@ s_key_json (const key_record_t *r, const key_policy_t *policy, const char *curre
                              : key_limit_is_money ((key_limit_t) i) ? s_money (e)
                                                                      : json_integer (e));
     }
+    json_object_set_new (key, "cache_ttl_s", json_integer (r->cache_ttl_s));
     json_object_set_new (key, "currency", json_string (currency));
     json_object_set_new (key, "effective", effective);
     json_object_set_new (key, "spend", json_pack ("{s:o, s:o, s:o, s:o}", "day", s_money (r->spend[0]), "week",
@@ -468,7 +484,7 @@ admin_api_test (bool verbose)
           "\"created_at\":\"2026-11-27T04:00:00Z\",\"expires_at\":null,\"revoked_at\":null,"
           "\"models\":[\"deepseek-chat\"],\"rpm\":100,\"tpm\":null,\"concurrency\":\"unlimited\","
           "\"budget_day\":null,\"budget_week\":null,\"budget_month\":\"2000.00\",\"budget_total\":null,"
-          "\"currency\":\"CNY\",\"effective\":{\"rpm\":100,\"tpm\":200000,\"concurrency\":null,"
+          "\"cache_ttl_s\":0,\"currency\":\"CNY\",\"effective\":{\"rpm\":100,\"tpm\":200000,\"concurrency\":null,"
           "\"budget_day\":\"100.00\",\"budget_week\":null,\"budget_month\":\"2000.00\",\"budget_total\":null},"
           "\"spend\":{\"day\":\"1.234567\",\"week\":\"1.234567\",\"month\":\"20.50\",\"total\":\"20.50\"}}";
     if (strcmp (text, expected))

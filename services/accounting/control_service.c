@@ -74,6 +74,7 @@ s_lookup (control_service_t *self, s_item_t *it)
         info->key_id = record.id;
         info->expires_ms = (uint64_t) record.expires_ms;
         info->admit = key_record_limited (&record, &self->config.policy);
+        info->cache_ttl_s = (uint32_t) record.cache_ttl_s;
         json_t *models = json_loads (record.models_json, 0, NULL);
         size_t i;
         json_t *model;
@@ -81,7 +82,9 @@ s_lookup (control_service_t *self, s_item_t *it)
             gw_strlist_append (&info->models, json_string_value (model));
         json_decref (models);
     }
-    gw_msg_send (self->router, it->rid, it->rid_size, &reply);
+    //  In the shape the asker reads: an ingress older than the response cache
+    //  still gets its answer (accounting is upgraded first).
+    gw_msg_send_as (self->router, it->rid, it->rid_size, &reply, it->msg.version);
     gw_strlist_clear (&info->models);
     key_record_clear (&record);
 }

@@ -23,7 +23,7 @@ static const char *const s_columns[KEY_NLIMITS] = { "rpm",           "tpm",     
     RFC3339 ("k.expires_at") ", " RFC3339 ("k.revoked_at") ","                                       \
     " coalesce(floor(extract(epoch FROM k.expires_at) * 1000)::bigint, 0),"                          \
     " k.rpm, k.tpm, k.concurrency, k.budget_day_pico, k.budget_week_pico, k.budget_month_pico,"     \
-    " k.budget_total_pico"
+    " k.budget_total_pico, k.cache_ttl_s"
 
 /*  Spend of the current UTC periods, from key_spend (what stored usage cost). */
 #define KEY_SPEND_JOIN                                                                               \
@@ -63,8 +63,9 @@ s_record (PGresult *res, int row, key_record_t *r, bool with_spend)
     r->expires_ms = s_int (res, row, 7, 0);
     for (int i = 0; i < KEY_NLIMITS; i++)
         r->limits[i] = s_int (res, row, 8 + i, KEY_LIMIT_DEFAULT);
+    r->cache_ttl_s = s_int (res, row, 8 + KEY_NLIMITS, 0);
     for (int i = 0; with_spend && i < 4; i++)
-        r->spend[i] = s_int (res, row, 8 + KEY_NLIMITS + i, 0);
+        r->spend[i] = s_int (res, row, 9 + KEY_NLIMITS + i, 0);
 }
 
 void
@@ -274,19 +275,21 @@ s_limit_param (char *buf, size_t size, int64_t value)
 int
 key_store_create (usage_store_t *db, const char *key_hash, const char *prefix, const key_fields_t *f, uint64_t *id)
 {
-    char expires[24], limits[KEY_NLIMITS][24];
+    char expires[24], limits[KEY_NLIMITS][24], cache_ttl[24];
     snprintf (expires, sizeof expires, "%" PRId64, f->has_expires ? f->expires_ms : 0);
+    snprintf (cache_ttl, sizeof cache_ttl, "%" PRId64, f->has_cache_ttl ? f->cache_ttl_s : 0);
     const char *values[6 + KEY_NLIMITS] = { key_hash, prefix, f->has_name ? f->name : "", expires,
                                             f->has_models ? f->models_json : "[]" };
     for (int i = 0; i < KEY_NLIMITS; i++)
         values[5 + i] = s_limit_param (limits[i], sizeof limits[i], f->has_limit[i] ? f->limits[i] : KEY_LIMIT_DEFAULT);
+    values[5 + KEY_NLIMITS] = cache_ttl;
     PGresult *res = usage_store_exec (
         db,
         "INSERT INTO api_keys (key_hash, prefix, name, expires_at, models, rpm, tpm, concurrency,"
-        " budget_day_pico, budget_week_pico, budget_month_pico, budget_total_pico)"
+        " budget_day_pico, budget_week_pico, budget_month_pico, budget_total_pico, cache_ttl_s)"
         " VALUES ($1, $2, $3, CASE WHEN $4::bigint = 0 THEN NULL ELSE to_timestamp($4::bigint / 1000.0) END,"
-        " ARRAY(SELECT json_array_elements_text($5::json)), $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-        5 + KEY_NLIMITS, values);
+        " ARRAY(SELECT json_array_elements_text($5::json)), $6, $7, $8, $9, $10, $11, $12, $13) RETURNING id",
+        6 + KEY_NLIMITS, values);
     if (!res)
         return -1;
     int rc = PQntuples (res) == 1 ? 0 : -1;
@@ -299,8 +302,8 @@ key_store_create (usage_store_t *db, const char *key_hash, const char *prefix, c
 int
 key_store_update (usage_store_t *db, uint64_t id, const key_fields_t *f)
 {
-    char sql[2048], idtext[24], expires[24], limits[KEY_NLIMITS][24];
-    const char *values[4 + KEY_NLIMITS];
+    char sql[2048], idtext[24], expires[24], limits[KEY_NLIMITS][24], cache_ttl[24];
+    const char *values[5 + KEY_NLIMITS];
     int n = 0;
     snprintf (idtext, sizeof idtext, "%" PRIu64, id);
     values[n++] = idtext;
@@ -328,6 +331,11 @@ key_store_update (usage_store_t *db, uint64_t id, const key_fields_t *f)
             values[n++] = s_limit_param (limits[i], sizeof limits[i], f->limits[i]);
             len += (size_t) snprintf (sql + len, sizeof sql - len, ", %s = $%d::bigint", s_columns[i], n);
         }
+    if (f->has_cache_ttl) {
+        snprintf (cache_ttl, sizeof cache_ttl, "%" PRId64, f->cache_ttl_s);
+        values[n++] = cache_ttl;
+        len += (size_t) snprintf (sql + len, sizeof sql - len, ", cache_ttl_s = $%d::integer", n);
+    }
     snprintf (sql + len, sizeof sql - len, " WHERE id = $1::bigint");
     assert (len < sizeof sql - 32);
     PGresult *res = usage_store_exec (db, sql, n, values);

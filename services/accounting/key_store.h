@@ -32,16 +32,18 @@ typedef struct {
     int64_t expires_ms;  //  0: never
     int64_t limits[KEY_NLIMITS];  //  a value, KEY_LIMIT_DEFAULT or KEY_LIMIT_UNLIMITED
     int64_t spend[4];  //  pico-units this day, week, month, in total
+    int64_t cache_ttl_s;  //  the key opts in to the response cache; 0 no
 } key_record_t;
 
 /*  Fields to write; only those marked present are. */
 typedef struct {
-    bool has_name, has_expires, has_models;
+    bool has_name, has_expires, has_models, has_cache_ttl;
     bool has_limit[KEY_NLIMITS];
     const char *name;
     int64_t expires_ms;  //  0: never
     const char *models_json;
     int64_t limits[KEY_NLIMITS];
+    int64_t cache_ttl_s;
 } key_fields_t;
 
 /*  One admission to decide. */

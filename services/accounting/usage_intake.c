@@ -212,10 +212,13 @@ s_store_batch (usage_intake_t *self)
             const gw_usage_t *e = &self->items[i].msg.usage;
             usage_row_t *row = &self->rows[i];
             row->event = e;
-            row->priced = price_table_cost (self->prices, e->provider, e->upstream_model, self->config.currency,
-                                            (int64_t) e->started_ms, e->cache_hit_tokens, e->cache_miss_tokens,
-                                            e->completion_tokens, &row->cost_pico)
-                          == 0;
+            //  An answer from the gateway's response cache bought nothing.
+            row->cost_pico = 0;
+            row->priced = e->cached
+                          || price_table_cost (self->prices, e->provider, e->upstream_model, self->config.currency,
+                                               (int64_t) e->started_ms, e->cache_hit_tokens, e->cache_miss_tokens,
+                                               e->completion_tokens, &row->cost_pico)
+                                 == 0;
             //  The column is a signed bigint: a cost beyond it is stored unpriced
             //  (and said) rather than fail its whole batch forever.
             if (row->priced && row->cost_pico > INT64_MAX) {

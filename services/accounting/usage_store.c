@@ -137,6 +137,10 @@ static const struct {
     //  through another accounting instance does not bring the row back).
     { 6, "ALTER TABLE instances ADD COLUMN fresh_since timestamptz NOT NULL DEFAULT now(),"
          "  ADD COLUMN left_at timestamptz;" },
+    //  The response cache (issue 6): a row answered from the cache is marked
+    //  (it costs nothing and does not count against tpm); a key may opt in.
+    { 7, "ALTER TABLE usage_events ADD COLUMN cached boolean NOT NULL DEFAULT false;"
+         "ALTER TABLE api_keys ADD COLUMN cache_ttl_s integer NOT NULL DEFAULT 0;" },
 };
 
 /*  The functions admissions and releases call. Not a migration: they hold no
@@ -292,7 +296,7 @@ static const char *s_routines =
     "event_id, request_id, dispatch, attempt, api_key_id, provider, upstream_model, model," \
     " cache_hit_tokens, cache_miss_tokens, completion_tokens, reasoning_tokens, status,"   \
     " usage_known, streamed, client_aborted, queue_wait_us, ttfb_us, total_us, started_at," \
-    " currency, cost_pico"
+    " currency, cost_pico, cached"
 
 #define MIGRATION_LOCK_ID 7274611  //  pg_advisory_lock key shared by every instance
 #define GW_XSTR(x) #x
@@ -482,10 +486,11 @@ s_copy_row (gw_buf_t *buf, const usage_row_t *r, const char *currency)
                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) (e->started_ms % 1000));
     gw_buf_append (buf, num, (size_t) n);
     s_copy_text (buf, currency);
+    const char *cached = e->cached ? "t" : "f";
     if (r->priced)
-        n = snprintf (num, sizeof num, "\t%llu\n", (unsigned long long) r->cost_pico);
+        n = snprintf (num, sizeof num, "\t%llu\t%s\n", (unsigned long long) r->cost_pico, cached);
     else
-        n = snprintf (num, sizeof num, "\t\\N\n");
+        n = snprintf (num, sizeof num, "\t\\N\t%s\n", cached);
     gw_buf_append (buf, num, (size_t) n);
 }
 
@@ -590,7 +595,11 @@ usage_store_insert (usage_store_t *self, const usage_row_t *rows, size_t n)
                      "WITH ins AS (INSERT INTO usage_events (" USAGE_COLUMNS ") SELECT " USAGE_COLUMNS
                      " FROM usage_stage ORDER BY event_id ON CONFLICT (event_id) DO NOTHING"
                      " RETURNING api_key_id, started_at, cost_pico,"
-                     " cache_hit_tokens::numeric + cache_miss_tokens + completion_tokens AS tokens, request_id)"
+                     //  A cached answer took no tokens from the provider: it
+                     //  does not count against the key's tpm.
+                     " CASE WHEN cached THEN 0"
+                     "  ELSE cache_hit_tokens::numeric + cache_miss_tokens + completion_tokens END AS tokens,"
+                     " request_id)"
                      " INSERT INTO usage_new SELECT * FROM ins WHERE api_key_id IS NOT NULL",
                      PGRES_COMMAND_OK);
     if (!rc)

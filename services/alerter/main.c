@@ -17,7 +17,6 @@ main (void)
 {
     gw_loop_catch_signals ();
     gw_log_init ("alerter");
-    curl_global_init (CURL_GLOBAL_DEFAULT);
     char id[48];
     gw_id_uuid (id);
     engine_config_t config = {

@@ -488,6 +488,25 @@ s_prepare_webhook (send_t *s, const notice_t *n)
     return bad ? -1 : 0;
 }
 
+/*  The multi handle, made on the first send: libcurl and the TLS library it
+    initialises take about 2.4 MB of a process that may never send anything
+    (an alerter whose thresholds are never crossed). */
+static CURLM *
+s_multi (notifier_t *self)
+{
+    if (self->multi)
+        return self->multi;
+    self->multi = curl_multi_init ();  //  runs curl_global_init once, on this (the only) thread
+    if (!self->multi)
+        return NULL;
+    curl_multi_setopt (self->multi, CURLMOPT_SOCKETFUNCTION, s_on_curl_socket);
+    curl_multi_setopt (self->multi, CURLMOPT_SOCKETDATA, self);
+    curl_multi_setopt (self->multi, CURLMOPT_TIMERFUNCTION, s_on_curl_timer);
+    curl_multi_setopt (self->multi, CURLMOPT_TIMERDATA, self);
+    curl_multi_setopt (self->multi, CURLMOPT_MAXCONNECTS, 16L);
+    return self->multi;
+}
+
 /* ---- public ---- */
 
 notifier_t *
@@ -502,18 +521,12 @@ notifier_new (gw_loop_t *loop)
         notifier_destroy (&self);
         return NULL;
     }
-    self->multi = curl_multi_init ();
     self->curl_timer = gw_timer_new (s_on_curl_timeout, self);
-    if (!self->multi || !self->curl_timer) {
+    if (!self->curl_timer) {
         gw_error ("notifier", "out of memory");
         notifier_destroy (&self);
         return NULL;
     }
-    curl_multi_setopt (self->multi, CURLMOPT_SOCKETFUNCTION, s_on_curl_socket);
-    curl_multi_setopt (self->multi, CURLMOPT_SOCKETDATA, self);
-    curl_multi_setopt (self->multi, CURLMOPT_TIMERFUNCTION, s_on_curl_timer);
-    curl_multi_setopt (self->multi, CURLMOPT_TIMERDATA, self);
-    curl_multi_setopt (self->multi, CURLMOPT_MAXCONNECTS, 16L);
     if (self->nchannels == 0)
         gw_info ("notifier", "no alert channels configured (GW_ALERT_EMAIL_TO, GW_ALERT_WEBHOOKS)");
     return self;
@@ -596,7 +609,7 @@ notifier_send (notifier_t *self, size_t i, const notice_t *n, notice_done_fn *do
     self->sends = s;
     self->active++;
     s->alert_id = strdup (n->alert_id);
-    s->easy = curl_easy_init ();
+    s->easy = s_multi (self) ? curl_easy_init () : NULL;
     if (!s->alert_id || !s->easy)
         goto error;
     CURL *e = s->easy;

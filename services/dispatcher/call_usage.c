@@ -51,6 +51,8 @@ void
 call_cost_add (call_cost_t *self, price_table_t *prices, const char *currency, const gw_usage_t *event)
 {
     self->calls++;
+    if (event->cached)
+        return;  //  answered from the gateway's cache: nothing was bought
     uint64_t cost;
     if (!prices
         || price_table_cost (prices, event->provider, event->upstream_model, currency, (int64_t) event->started_ms,
@@ -131,6 +133,13 @@ call_usage_test (bool verbose)
     ev.completion_tokens = 1;
     call_cost_add (&cost, NULL, "CNY", &ev);
     assert (cost.calls == 1 && cost.unpriced && cost.cost_pico == 0);
+    //  A cached answer counts as a call and costs nothing, priced or not.
+    cost = (call_cost_t) { 0 };
+    ev.cached = true;
+    ev.completion_tokens = 1000;
+    call_cost_add (&cost, prices, "CNY", &ev);
+    call_cost_add (&cost, NULL, "USD", &ev);
+    assert (cost.calls == 2 && !cost.unpriced && cost.cost_pico == 0);
     price_table_destroy (&prices);
     if (verbose)
         printf ("OK\n");

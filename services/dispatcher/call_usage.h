@@ -33,7 +33,8 @@ typedef struct {
 
 /*  Counts one usage event and adds its cost, priced in currency by prices at the
     call's started_ms, as accounting does (a cost beyond a signed bigint counts as
-    unpriced there, so here too). prices may be NULL: the call is unpriced. */
+    unpriced there, so here too). prices may be NULL: the call is unpriced. An
+    answer from the gateway's response cache counts and costs nothing. */
 void call_cost_add (call_cost_t *self, price_table_t *prices, const char *currency, const gw_usage_t *event);
 
 void call_usage_test (bool verbose);

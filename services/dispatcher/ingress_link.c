@@ -251,7 +251,7 @@ s_job_head (runner_job_t *job, uint32_t status, const char *content_type)
     if (!runner_job_id (job))
         return;
     gw_msg_t msg = { .id = GW_MSG_HEAD };
-    msg.head = (gw_head_t) { runner_job_id (job), status, (char *) content_type };
+    msg.head = (gw_head_t) { runner_job_id (job), status, (char *) content_type, runner_job_cached (job) };
     s_send (link, &msg);
 }
 
@@ -284,7 +284,8 @@ s_job_end (runner_job_t *job, uint32_t status, const char *content_type, const c
                                .attempts = outcome->attempts,
                                .cost_known = outcome->cost_known,
                                .cost_pico = outcome->cost_pico,
-                               .currency = (char *) outcome->currency };
+                               .currency = (char *) outcome->currency,
+                               .cached = outcome->cached };
         s_send (link, &msg);
     }
     else if (link->active && !link->parent->paused) {

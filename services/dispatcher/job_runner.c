@@ -4,6 +4,7 @@
 #include "gw_buf.h"
 #include "gw_error.h"
 #include "gw_log.h"
+#include "response_cache.h"
 #include "sse_reader.h"
 
 #include <assert.h>
@@ -29,6 +30,15 @@ struct runner_job_t {
     bool client_usage;
     uint64_t queue_wait_us;
     uint64_t api_key_id;
+    //  The response cache: whether this job may be answered from it, how long
+    //  its good answer is kept, and under which key (cache_keyed: one exists).
+    bool cache_lookup;
+    uint32_t cache_ttl_s;
+    bool cache_keyed;
+    uint8_t cache_key[RESPONSE_CACHE_KEY_SIZE];
+    const cache_answer_t *cached;  //  answered from the cache: no call
+    gw_buf_t capture;  //  a stream's bytes for the cache, while they fit
+    bool capturing;
     gw_bin_t body;
     json_t *parsed;  //  the body, parsed only if it must be rewritten
     route_step_t steps[MAX_STEPS];
@@ -70,6 +80,7 @@ struct job_runner_t {
     runner_fns_t fns;
     CURLM *multi;
     gw_timer_t *curl_timer;
+    response_cache_t *cache;
     runner_job_t *jobs;  //  every live job, so that shutdown frees them
     size_t active;
     unsigned seed;
@@ -119,6 +130,8 @@ s_reset_attempt (runner_job_t *job)
     job->sent_body = NULL;
     gw_buf_free (&job->answer);
     gw_buf_free (&job->forward);
+    gw_buf_free (&job->capture);
+    job->capturing = job->cache_keyed && job->cache_ttl_s > 0 && job->stream;
     sse_reader_reset (&job->sse);
     job->status = 0;
     job->content_type[0] = 0;
@@ -163,6 +176,7 @@ s_finish (runner_job_t *job, uint32_t status, const char *type, const char *body
         .cost_known = !job->cost.unpriced,
         .cost_pico = job->cost.cost_pico,
         .currency = self->config.currency,
+        .cached = job->cached != NULL,
     };
     self->fns.end (job, status, type, body, size, &outcome);
     s_job_destroy (&job);
@@ -193,13 +207,16 @@ s_emit_usage (runner_job_t *job, const call_usage_t *usage)
     char event_id[128];
     snprintf (event_id, sizeof event_id, "%s.%u.%u", job->request_id, job->dispatch, job->attempt);
     int64_t now = gw_now_us ();
+    //  A cached answer names where it came from; its row costs nothing.
+    const char *provider = job->cached ? job->cached->provider : job->steps[job->step].provider->name;
+    const char *upstream_model = job->cached ? job->cached->upstream_model : job->steps[job->step].upstream_model;
     gw_usage_t ev = {
         .event_id = event_id,
         .request_id = job->request_id,
         .attempt = job->attempt,
         .dispatch = job->dispatch,
-        .provider = job->steps[job->step].provider->name,
-        .upstream_model = (char *) job->steps[job->step].upstream_model,
+        .provider = (char *) provider,
+        .upstream_model = (char *) upstream_model,
         .model = job->model,
         .cache_hit_tokens = usage->cache_hit_tokens,
         .cache_miss_tokens = usage->cache_miss_tokens,
@@ -214,6 +231,7 @@ s_emit_usage (runner_job_t *job, const call_usage_t *usage)
         .total_us = (uint64_t) (now - job->attempt_start_us),
         .started_ms = (uint64_t) job->attempt_wall_ms,
         .api_key_id = job->api_key_id,
+        .cached = job->cached != NULL,
     };
     call_cost_add (&job->cost, job->runner->prices, job->runner->config.currency, &ev);
     job->runner->usage (job->runner->usage_arg, &ev);
@@ -257,6 +275,38 @@ s_on_header (char *data, size_t size, size_t nmemb, void *arg)
     return len;
 }
 
+/*  Keeps a stream's client bytes for the response cache while they fit. */
+static void
+s_capture (runner_job_t *job)
+{
+    if (!job->capturing)
+        return;
+    if (!response_cache_fits (job->runner->cache, job->capture.len + job->forward.len)
+        || gw_buf_append (&job->capture, job->forward.data, job->forward.len)) {
+        job->capturing = false;
+        gw_buf_free (&job->capture);
+    }
+}
+
+/*  A whole good answer goes into the cache when its request asked for that. */
+static void
+s_cache_put (runner_job_t *job, const char *content_type, const void *body, size_t size, const call_usage_t *usage)
+{
+    if (!job->cache_keyed || job->cache_ttl_s == 0)
+        return;
+    cache_answer_t answer = { .content_type = content_type,
+                              .body = body,
+                              .size = size,
+                              .provider = job->steps[job->step].provider->name,
+                              .upstream_model = job->steps[job->step].upstream_model,
+                              .usage = *usage };
+    uint32_t ttl = job->cache_ttl_s;
+    if (ttl > job->runner->config.cache_ttl_max_s)
+        ttl = job->runner->config.cache_ttl_max_s;
+    if (response_cache_put (job->runner->cache, job->cache_key, gw_now_ms (), ttl, &answer) == 0)
+        gw_debug ("runner", "cached request_id=%s bytes=%zu ttl_s=%u", job->request_id, size, ttl);
+}
+
 static size_t
 s_on_write (char *data, size_t size, size_t nmemb, void *arg)
 {
@@ -280,6 +330,7 @@ s_on_write (char *data, size_t size, size_t nmemb, void *arg)
         if (sse_reader_feed (&job->sse, data, len, &job->forward))
             return 0;
         if (job->forward.len) {
+            s_capture (job);
             if (!job->cancelled)
                 self->fns.chunk (job, job->forward.data, job->forward.len);
             job->forward.len = 0;
@@ -422,6 +473,7 @@ s_attempt_done (runner_job_t *job, CURLcode rc)
     //  A last event without its blank line is still an event.
     if (job->stream && job->head_sent && rc == CURLE_OK && job->sse.pending.len) {
         sse_reader_feed (&job->sse, "\n\n", 2, &job->forward);
+        s_capture (job);
         if (job->forward.len && !job->cancelled)
             self->fns.chunk (job, job->forward.data, job->forward.len);
         job->forward.len = 0;
@@ -438,8 +490,12 @@ s_attempt_done (runner_job_t *job, CURLcode rc)
 
     if (job->head_sent) {
         //  The client has part of the answer: finish it, well or badly.
-        if (rc == CURLE_OK)
+        if (rc == CURLE_OK) {
+            //  Only a stream that reached its [DONE] is whole enough to replay.
+            if (job->capturing && job->sse.done && job->status == 200)
+                s_cache_put (job, job->content_type, job->capture.data, job->capture.len, &usage);
             s_finish (job, 200, job->content_type, NULL, 0);
+        }
         else if (rc == CURLE_OPERATION_TIMEDOUT)
             s_finish_error (job, 504, "upstream_timeout",
                             "The upstream answer took longer than the gateway allows; it is incomplete.");
@@ -449,9 +505,14 @@ s_attempt_done (runner_job_t *job, CURLcode rc)
         return;
     }
     if (rc == CURLE_OK && job->status == 200) {
-        if (answer)
-            s_finish (job, 200, job->content_type[0] ? job->content_type : "application/json",
-                      job->answer.data, job->answer.len);
+        if (answer) {
+            const char *type = job->content_type[0] ? job->content_type : "application/json";
+            //  (A stream request answered with plain JSON is not kept: a hit
+            //  would replay it as a stream.)
+            if (!job->stream && json_is_object (answer) && !json_object_get (answer, "error"))
+                s_cache_put (job, type, job->answer.data, job->answer.len, &usage);
+            s_finish (job, 200, type, job->answer.data, job->answer.len);
+        }
         else
             s_finish_error (job, 502, "bad_upstream_response", "The upstream answered with malformed JSON.");
         json_decref (answer);
@@ -615,7 +676,44 @@ s_attempt (runner_job_t *job)
     return true;
 }
 
+/*  Answers from the cache: the client gets the stored bytes, and the one usage
+    event of this dispatch says so (its tokens those of the call that made the
+    answer, its cost nothing). */
+static void
+s_serve_cached (runner_job_t *job, const cache_answer_t *hit)
+{
+    job_runner_t *self = job->runner;
+    job->cached = hit;
+    job->attempt = 1;
+    job->attempt_start_us = job->first_byte_us = gw_now_us ();
+    job->attempt_wall_ms = gw_wall_ms ();
+    job->status = 200;
+    gw_debug ("runner", "cache hit request_id=%s bytes=%zu", job->request_id, hit->size);
+    s_emit_usage (job, &hit->usage);
+    if (job->stream) {
+        job->head_sent = true;
+        self->fns.head (job, 200, hit->content_type);
+        if (hit->size)
+            self->fns.chunk (job, (const char *) hit->body, hit->size);
+        s_finish (job, 200, hit->content_type, NULL, 0);
+    }
+    else
+        s_finish (job, 200, hit->content_type, (const char *) hit->body, hit->size);
+}
+
 /* ---- public ---- */
+
+bool
+runner_job_cached (runner_job_t *job)
+{
+    return job->cached != NULL;
+}
+
+cache_stats_t
+job_runner_cache_stats (job_runner_t *self)
+{
+    return response_cache_stats (self->cache);
+}
 
 runner_job_t *
 job_runner_start (job_runner_t *self, gw_job_t *msg, void *owner)
@@ -650,6 +748,18 @@ job_runner_start (job_runner_t *self, gw_job_t *msg, void *owner)
         char *body = gw_error_json ("invalid_request_error", "invalid_request_error", NULL, "Model Not Exist");
         s_finish (job, 400, "application/json", body, strlen (body));
         free (body);
+        return NULL;
+    }
+    job->cache_lookup = msg->cache_lookup;
+    job->cache_ttl_s = msg->cache_ttl_s;
+    if ((job->cache_lookup || job->cache_ttl_s) && self->config.cache_max_bytes)
+        job->cache_keyed = response_cache_key (job->api_key_id, job->stream, job->body.data, job->body.size,
+                                               job->cache_key)
+                           == 0;
+    cache_answer_t hit;
+    if (job->cache_keyed && job->cache_lookup
+        && response_cache_get (self->cache, job->cache_key, gw_now_ms (), &hit)) {
+        s_serve_cached (job, &hit);
         return NULL;
     }
     //  A job that failed at once is already ended and freed: the caller must not
@@ -694,6 +804,11 @@ job_runner_new (gw_loop_t *loop, provider_table_t *providers, price_table_t *pri
     self->config = *config;
     self->fns = *fns;
     self->seed = (unsigned) gw_now_us ();
+    self->cache = response_cache_new (config->cache_max_bytes, config->cache_entry_max_bytes);
+    if (!self->cache) {
+        free (self);
+        return NULL;
+    }
     self->multi = curl_multi_init ();
     self->curl_timer = gw_timer_new (s_on_curl_timeout, self);
     curl_multi_setopt (self->multi, CURLMOPT_SOCKETFUNCTION, s_on_curl_socket);
@@ -734,6 +849,12 @@ job_runner_destroy (job_runner_t **self_p)
     }
     gw_timer_destroy (self->loop, &self->curl_timer);
     curl_multi_cleanup (self->multi);
+    cache_stats_t st = response_cache_stats (self->cache);
+    if (st.hits + st.stores)
+        gw_info ("runner", "response cache hits=%llu misses=%llu stores=%llu evictions=%llu entries=%zu bytes=%zu",
+                 (unsigned long long) st.hits, (unsigned long long) st.misses, (unsigned long long) st.stores,
+                 (unsigned long long) st.evictions, st.entries, st.bytes);
+    response_cache_destroy (&self->cache);
     free (self);
     *self_p = NULL;
 }

@@ -20,6 +20,7 @@
 #include "gw_proto.h"
 #include "price_table.h"
 #include "provider_table.h"
+#include "response_cache.h"
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -32,6 +33,7 @@ typedef struct {
     bool cost_known;  //  every call was priced
     uint64_t cost_pico;  //  their cost, 1e-12 currency units
     const char *currency;
+    bool cached;  //  answered from the response cache
 } runner_outcome_t;
 
 /*  What a job tells its owner (the ingress link). After end() the job is freed. */
@@ -53,6 +55,9 @@ typedef struct {
     int retry_after_max_ms;  //  a longer Retry-After is not waited for
     size_t max_body_bytes;  //  a larger non-streamed answer is refused
     const char *currency;  //  of the costs reported at each end (GW_CURRENCY)
+    size_t cache_max_bytes;  //  the response cache's bound; 0: no cache
+    size_t cache_entry_max_bytes;  //  a larger answer is not kept
+    uint32_t cache_ttl_max_s;  //  a longer TTL asked for is cut to this
 } runner_config_t;
 
 /*  Where each upstream call's usage event goes (the spool, the log). */
@@ -78,6 +83,10 @@ runner_job_t *job_runner_start (job_runner_t *self, gw_job_t *msg, void *owner);
 void job_runner_cancel (job_runner_t *self, runner_job_t *job);
 
 void *runner_job_owner (runner_job_t *job);
+/*  The job is answered from the response cache (so are its HEAD and END). */
+bool runner_job_cached (runner_job_t *job);
+/*  The response cache's figures. */
+cache_stats_t job_runner_cache_stats (job_runner_t *self);
 /*  The ingress job id; 0 once the owner marked the job forgotten by its ingress. */
 uint64_t runner_job_id (runner_job_t *job);
 void runner_job_forget (runner_job_t *job);

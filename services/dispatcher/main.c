@@ -136,6 +136,9 @@ main (void)
         .retry_after_max_ms = (int) gw_env_int ("GW_RETRY_AFTER_MAX_MS", 30000, 0, 3600000),
         .max_body_bytes = (size_t) gw_env_int ("GW_UPSTREAM_MAX_BODY_BYTES", 32 << 20, 1024, 60 << 20),
         .currency = gw_env_str ("GW_CURRENCY", "CNY"),
+        .cache_max_bytes = (size_t) gw_env_int ("GW_CACHE_MAX_BYTES", 64 << 20, 0, (int64_t) 1 << 40),
+        .cache_entry_max_bytes = (size_t) gw_env_int ("GW_CACHE_ENTRY_MAX_BYTES", 1 << 20, 1024, 60 << 20),
+        .cache_ttl_max_s = (uint32_t) gw_env_int ("GW_CACHE_TTL_MAX_S", 86400, 1, 30 * 86400),
     };
     //  The same file and currency as accounting, so the cost an END reports is
     //  the cost accounting stores. Without it requests still run; their cost is

@@ -119,6 +119,10 @@ void
 usage_sender_submit (usage_sender_t *self, const gw_usage_t *event)
 {
     if (self->noverflow == 0 && usage_spool_append (self->spool, event) == 0) {
+        //  In the file before the job's answer leaves (its END follows this
+        //  call): a crash of the process from here on cannot lose the event.
+        //  The fdatasync (and the send) wait for the end of the turn.
+        (void) usage_spool_write (self->spool);
         if (!gw_timer_active (self->flush_timer))
             gw_timer_start (self->loop, self->flush_timer, 0);
         return;

@@ -26,7 +26,8 @@ usage_sender_t *usage_sender_new (gw_loop_t *loop, void *zmq_ctx, const sender_c
                                   usage_spool_t *spool);
 void usage_sender_destroy (usage_sender_t **self_p);
 
-/*  Takes one event (copied) for durable delivery. */
+/*  Takes one event (copied) for durable delivery. It is in the spool's file
+    when this returns (unless the disk fails): the job's answer may leave. */
 void usage_sender_submit (usage_sender_t *self, const gw_usage_t *event);
 
 /*  Events the full spool could not take, held in memory. */

@@ -962,6 +962,19 @@ usage_spool_sync_start (usage_spool_t *self)
 }
 
 int
+usage_spool_write (usage_spool_t *self)
+{
+    assert (self);
+    if (self->retry_at_ms && gw_now_ms () < self->retry_at_ms)
+        return -1;
+    if (s_write (self)) {
+        self->retry_at_ms = gw_now_ms () + self->retry_ms;
+        return -1;
+    }
+    return 0;
+}
+
+int
 usage_spool_sync_fd (usage_spool_t *self)
 {
     assert (self);
@@ -1837,6 +1850,38 @@ usage_spool_test (bool verbose)
     for (uint32_t i = 0; i < 9; i++)
         s_test_ack (spool, "async", i);
     usage_spool_destroy (&spool);
+
+    //  An event written (not yet synced) survives a SIGKILL of the process: the
+    //  dispatcher writes each event before the job's answer leaves.
+    {
+        int fds[2];
+        assert (pipe (fds) == 0);
+        fflush (stdout);
+        fflush (stderr);
+        pid_t pid = fork ();
+        assert (pid >= 0);
+        if (pid == 0) {
+            usage_spool_t *child = usage_spool_new (dir, 1 << 20);
+            if (!child || s_test_append (child, "written", 0) || usage_spool_write (child))
+                _exit (2);
+            char one = 1;
+            if (write (fds[1], &one, 1) != 1)
+                _exit (3);
+            pause ();  //  killed here, before any fdatasync or destroy
+            _exit (0);
+        }
+        char one;
+        assert (read (fds[0], &one, 1) == 1);
+        assert (kill (pid, SIGKILL) == 0);
+        int status = 0;
+        assert (waitpid (pid, &status, 0) == pid && WIFSIGNALED (status));
+        close (fds[0]);
+        close (fds[1]);
+        spool = usage_spool_new (dir, 1 << 20);
+        assert (spool && usage_spool_pending (spool) == 1 && s_test_pending (spool, "written", 0));
+        s_test_ack (spool, "written", 0);
+        usage_spool_destroy (&spool);
+    }
 
     //  SIGKILL at random moments while appending, syncing, acknowledging.
     for (unsigned round = 0; round < 3; round++)

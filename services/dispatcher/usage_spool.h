@@ -6,8 +6,9 @@
     durable event not acknowledged is pending again and goes out again (accounting
     deduplicates by event_id, so a resend is harmless).
 
-    Use per loop turn: usage_spool_append() each new event (memory only, O(1)),
-    then once usage_spool_sync_start() (one write for the whole turn, and an
+    Use per loop turn: usage_spool_append() each new event (memory only, O(1))
+    and usage_spool_write() before its answer leaves the process, then once
+    usage_spool_sync_start() (one write for the whole turn, and an
     fdatasync on the spool's own thread, group commit; usage_spool_sync_finish()
     when usage_spool_sync_fd() is readable) or usage_spool_sync() (the same,
     waiting for the disk), then usage_spool_due() to send what is durable and
@@ -72,6 +73,13 @@ int usage_spool_sync (usage_spool_t *self);
     usage_spool_sync_finish(): the batch's events become due. One batch at a
     time; usage_spool_sync() and usage_spool_destroy() wait for it. */
 int usage_spool_sync_start (usage_spool_t *self);
+
+/*  Writes what was appended to the file now (no fdatasync: that stays with the
+    next sync), so that a crash of the process cannot lose it. The dispatcher
+    calls it before an answer leaves: a client never holds an answer whose
+    usage event is only in this process's memory. Returns 0, or -1 (logged;
+    the events stay buffered, as for a failed sync). */
+int usage_spool_write (usage_spool_t *self);
 
 /*  An eventfd, readable once the batch in flight is done. */
 int usage_spool_sync_fd (usage_spool_t *self);

@@ -182,6 +182,9 @@ chat_request_parse (const char *body, size_t size, chat_request_t *req)
         s_fail (req, "temperature", "temperature must be a number between 0 and 2");
         goto done;
     }
+    //  DeepSeek's default temperature is 1: only an explicit 0 asks for the
+    //  same answer every time.
+    req->deterministic = v && json_is_number (v) && json_number_value (v) == 0;
     if ((v = json_object_get (root, "top_p")) && !json_is_null (v) && !s_number_in (v, 0, 1)) {
         s_fail (req, "top_p", "top_p must be a number between 0 and 1");
         goto done;
@@ -224,6 +227,11 @@ chat_request_test (bool verbose)
     chat_request_t req;
     assert (chat_request_parse (ok, strlen (ok), &req) == 0);
     assert (strcmp (req.model, "deepseek-chat") == 0 && req.stream && req.client_usage);
+    assert (!req.deterministic);  //  no temperature: DeepSeek's default, 1
+    const char *zero = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":0}";
+    assert (chat_request_parse (zero, strlen (zero), &req) == 0 && req.deterministic);
+    const char *warm = "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":0.2}";
+    assert (chat_request_parse (warm, strlen (warm), &req) == 0 && !req.deterministic);
     //  "hi": 2 ASCII characters = 0.6, plus 4 for the message: 5 tokens.
     assert (req.prompt_tokens == 5 && req.max_tokens == 0);
     const char *zh = "{\"model\":\"m\",\"max_tokens\":100,\"max_completion_tokens\":50,\"messages\":["

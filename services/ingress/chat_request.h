@@ -17,6 +17,7 @@ typedef struct {
     bool client_usage;  //  stream_options.include_usage was set by the client
     uint64_t prompt_tokens;  //  estimated before the call (see chat_request.c)
     uint64_t max_tokens;  //  max_tokens / max_completion_tokens, 0 when absent
+    bool deterministic;  //  temperature 0: what a key's response cache opt-in covers
     //  On error: the OpenAI-style error body (caller frees) and its status.
     int status;
     char *error;

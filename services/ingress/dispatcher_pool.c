@@ -12,6 +12,7 @@
 
 typedef struct {
     char *id;  //  routing id, printable (dispatchers set their own)
+    uint32_t version;  //  protocol of its HELLO: JOBs go out in a shape it reads
     uint32_t credits;
     bool leaving;  //  said BYE: finishes its jobs, takes no new ones
     int64_t last_seen_ms;
@@ -23,6 +24,7 @@ typedef struct {
 struct pool_job_t {
     dispatcher_pool_t *pool;
     uint64_t api_key_id;
+    pool_cache_t cache;
     bool admitted;  //  tell the done hook when the job goes
     bool ever_dispatched;
     bool attempts_known;  //  the current dispatch's END came back
@@ -198,6 +200,7 @@ s_on_hello (dispatcher_pool_t *self, const char *rid, dispatcher_t *d, gw_msg_t 
     d->id = strdup (rid);
     d->jobs = zlistx_new ();
     d->credits = msg->hello.credits;
+    d->version = msg->version;
     d->last_seen_ms = gw_now_ms ();
     //  The lists move from the message to the dispatcher.
     d->models = msg->hello.models;
@@ -226,12 +229,13 @@ s_on_message (dispatcher_pool_t *self, const char *rid, size_t rid_size, gw_msg_
 {
     dispatcher_t *d = zhashx_lookup (self->dispatchers, rid);
     if (msg->id == GW_MSG_HELLO) {
-        //  A dispatcher older than our JOBs decodes none of them: taking it on
-        //  would leave every job sent there to time out. It is refused until
-        //  upgraded (older messages still decode, so its goodbyes are fine).
-        if (msg->version && msg->version < GW_VERSION_JOB) {
-            gw_error ("pool", "dispatcher refused: it speaks protocol %u, jobs need %u; upgrade it id=%s",
-                      msg->version, (unsigned) GW_VERSION_JOB, rid);
+        //  A dispatcher older than every JOB shape we can write (one without
+        //  the request's key would store usage no budget sees) is refused
+        //  until upgraded: taking it on would leave its jobs to time out.
+        //  Newer ones get JOBs in the newest shape they read.
+        if (!gw_msg_writable_for (GW_MSG_JOB, msg->version)) {
+            gw_error ("pool", "dispatcher refused: it speaks protocol %u, too old for our jobs; upgrade it id=%s",
+                      msg->version, rid);
             return;
         }
         s_on_hello (self, rid, d, msg);
@@ -261,7 +265,7 @@ s_on_message (dispatcher_pool_t *self, const char *rid, size_t rid_size, gw_msg_
     case GW_MSG_HEAD:
         if ((job = s_job_of (self, d, msg->head.job_id)) && job->client) {
             job->started = true;
-            self->fns.head (job->client, msg->head.status, msg->head.content_type);
+            self->fns.head (job->client, msg->head.status, msg->head.content_type, msg->head.cached);
         }
         break;
     case GW_MSG_CHUNK:
@@ -337,8 +341,10 @@ s_dispatch (dispatcher_pool_t *self, pool_job_t *job, dispatcher_t *d)
         .queue_wait_us = (uint64_t) (gw_now_us () - job->queued_us),
         .body = { job->body, job->body_size },
         .api_key_id = job->api_key_id,
+        .cache_lookup = job->cache.lookup,
+        .cache_ttl_s = job->cache.ttl_s,
     };
-    if (gw_msg_send (self->router, d->id, strlen (d->id), &msg)) {
+    if (gw_msg_send_as (self->router, d->id, strlen (d->id), &msg, d->version)) {
         job->job_id = 0;
         return -1;
     }
@@ -515,13 +521,14 @@ dispatcher_pool_destroy (dispatcher_pool_t **self_p)
 pool_job_t *
 dispatcher_pool_submit (dispatcher_pool_t *self, void *client, const char *request_id,
                         const char *model, bool stream, bool client_usage, const char *body,
-                        size_t body_size, uint64_t api_key_id, bool admitted)
+                        size_t body_size, uint64_t api_key_id, bool admitted, pool_cache_t cache)
 {
     pool_job_t *job = calloc (1, sizeof *job);
     if (!job)
         return NULL;
     job->pool = self;
     job->api_key_id = api_key_id;
+    job->cache = cache;
     job->request_id = strdup (request_id);
     job->model = strdup (model);
     job->body = malloc (body_size + 1);
@@ -612,8 +619,9 @@ typedef struct {
 } s_test_client_t;
 
 static void
-s_test_head (void *client, uint32_t status, const char *type)
+s_test_head (void *client, uint32_t status, const char *type, bool cached)
 {
+    (void) cached;
     s_test_client_t *c = client;
     (void) type;
     c->heads++;
@@ -693,7 +701,7 @@ dispatcher_pool_test (bool verbose)
 
     //  No dispatcher: the job waits, then gets 503.
     s_test_client_t a = { 0 };
-    dispatcher_pool_submit (pool, &a, "req-a", "m", false, false, "{}", 2, 7, true);
+    dispatcher_pool_submit (pool, &a, "req-a", "m", false, false, "{}", 2, 7, true, (pool_cache_t) { 0 });
     s_test_spin (loop, 250);
     assert (a.ends == 1 && a.last_status == 503);
     //  Never dispatched: its release says no usage will come.
@@ -714,8 +722,8 @@ dispatcher_pool_test (bool verbose)
     assert (dispatcher_pool_ready (pool));
     assert (dispatcher_pool_knows_model (pool, "m") == 1 && dispatcher_pool_knows_model (pool, "x") == 0);
     s_test_client_t b = { 0 }, c = { 0 };
-    dispatcher_pool_submit (pool, &b, "req-b", "m", true, false, "{\"b\":1}", 7, 42, true);
-    dispatcher_pool_submit (pool, &c, "req-c", "m", true, false, "{\"c\":1}", 7, 42, true);
+    dispatcher_pool_submit (pool, &b, "req-b", "m", true, false, "{\"b\":1}", 7, 42, true, (pool_cache_t) { true, 60 });
+    dispatcher_pool_submit (pool, &c, "req-c", "m", true, false, "{\"c\":1}", 7, 42, true, (pool_cache_t) { 0 });
     s_test_spin (loop, 20);
     gw_msg_t in;
     uint64_t job_b = 0;
@@ -723,13 +731,14 @@ dispatcher_pool_test (bool verbose)
         if (in.id == GW_MSG_JOB) {
             assert (job_b == 0 && strcmp (in.job.request_id, "req-b") == 0);
             assert (in.job.body.size == 7 && in.job.stream && in.job.api_key_id == 42);
+            assert (in.job.cache_lookup && in.job.cache_ttl_s == 60);
             job_b = in.job.job_id;
         }
         gw_msg_clear (&in);
     }
     assert (job_b);
     //  HEAD, CHUNK and END reach the client in order; END frees the credit for c.
-    msg = (gw_msg_t) { .id = GW_MSG_HEAD, .head = { job_b, 200, "text/event-stream" } };
+    msg = (gw_msg_t) { .id = GW_MSG_HEAD, .head = { job_b, 200, "text/event-stream", false } };
     gw_msg_send (dealer, NULL, 0, &msg);
     msg = (gw_msg_t) { .id = GW_MSG_CHUNK, .chunk = { job_b, { (uint8_t *) "data: x\n\n", 9 } } };
     gw_msg_send (dealer, NULL, 0, &msg);

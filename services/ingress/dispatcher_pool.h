@@ -23,7 +23,8 @@ typedef struct pool_job_t pool_job_t;
 /*  What the pool tells the submitter of a job. After end() the pool forgets the
     client pointer and frees the job. */
 typedef struct {
-    void (*head) (void *client, uint32_t status, const char *content_type);
+    //  cached: the answer replays one from a dispatcher's response cache.
+    void (*head) (void *client, uint32_t status, const char *content_type, bool cached);
     void (*chunk) (void *client, const uint8_t *data, size_t size);
     //  info is the dispatcher's END (cost, attempts), NULL when the pool itself
     //  ends the job (queue timeout, lost dispatcher).
@@ -52,10 +53,16 @@ void dispatcher_pool_destroy (dispatcher_pool_t **self_p);
 /*  Queues a chat job. body is copied. api_key_id goes with the job into its
     usage events. admitted: call the done hook when the job is gone, whatever
     happened to the client. Returns the job handle, or NULL when out of memory. */
+/*  What a job asks of the dispatchers' response cache (JOB.cache_*). */
+typedef struct {
+    bool lookup;  //  a cached answer will do
+    uint32_t ttl_s;  //  keep a good answer this long; 0 do not
+} pool_cache_t;
+
 pool_job_t *dispatcher_pool_submit (dispatcher_pool_t *self, void *client, const char *request_id,
                                     const char *model, bool stream, bool client_usage,
                                     const char *body, size_t body_size, uint64_t api_key_id,
-                                    bool admitted);
+                                    bool admitted, pool_cache_t cache);
 
 /*  Called once for every admitted job when the pool forgets it. */
 void dispatcher_pool_on_done (dispatcher_pool_t *self, pool_done_fn *fn, void *arg);

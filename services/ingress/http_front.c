@@ -9,6 +9,7 @@
 #include "gw_time.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <microhttpd.h>
 #include <stdarg.h>
@@ -53,6 +54,7 @@ typedef struct http_req_t {
     key_waiter_t waiter;
     uint64_t key_id;
     bool key_admit;
+    uint32_t key_cache_ttl_s;
     gw_strlist_t key_models;
     //  The chat request, once its body parsed.
     bool parsed;
@@ -61,6 +63,11 @@ typedef struct http_req_t {
     bool admitted;
     gw_admit_reply_t limits;  //  rate figures for the headers (strings not kept)
     bool have_limits;
+    //  The response cache: what this request asks of it, and whether its
+    //  answer came from there (the x-gateway-cache header says which).
+    pool_cache_t cache;
+    bool cache_bypass;
+    bool cached;
     pool_job_t *job;  //  set while the pool may call us
     bool suspended;
     bool have_head;  //  a stream started: status and type are sent
@@ -194,6 +201,12 @@ static void
 s_add_gateway_headers (http_req_t *req, struct MHD_Response *r)
 {
     MHD_add_response_header (r, "x-request-id", req->request_id);
+    if (req->dispatched && (req->cache.lookup || req->cache.ttl_s || req->cache_bypass))
+        MHD_add_response_header (r, "x-gateway-cache",
+                                 req->cached         ? "hit"
+                                 : req->cache.lookup ? "miss"
+                                 : req->cache.ttl_s  ? "refresh"
+                                                     : "bypass");
     if (req->have_limits) {
         char text[32];
         if (req->limits.rpm_limit) {
@@ -218,10 +231,11 @@ s_add_gateway_headers (http_req_t *req, struct MHD_Response *r)
 /* ---- callbacks from the dispatcher pool ---- */
 
 static void
-s_pool_head (void *client, uint32_t status, const char *content_type)
+s_pool_head (void *client, uint32_t status, const char *content_type, bool cached)
 {
     http_req_t *req = client;
     req->have_head = true;
+    req->cached = cached;
     req->status = status;
     snprintf (req->content_type, sizeof req->content_type, "%s", content_type);
     s_wake (req);
@@ -249,6 +263,8 @@ s_pool_end (void *client, uint32_t status, const char *content_type, const uint8
     }
     if (gw_buf_append (&req->out, body, size))
         gw_error ("http", "out of memory request_id=%s", req->request_id);
+    if (info && info->cached)
+        req->cached = true;
     if (info && info->cost_known) {
         req->cost_known = true;
         req->cost_pico = info->cost_pico;
@@ -370,7 +386,7 @@ s_dispatch (http_req_t *req)
     req->dispatched = true;
     req->job = dispatcher_pool_submit (self->pool, req, req->request_id, req->chat.model, req->chat.stream,
                                        req->chat.client_usage, req->body.data ? req->body.data : "",
-                                       req->body.len, req->key_id, req->admitted);
+                                       req->body.len, req->key_id, req->admitted, req->cache);
     gw_buf_free (&req->body);
     if (!req->job) {
         if (req->admitted)
@@ -408,11 +424,54 @@ s_on_admit (void *client, const gw_msg_t *reply)
                         a->message[0] ? a->message : "The gateway could not check this key's limits.");
 }
 
+/*  What the request asks of the dispatchers' response cache (docs/cache.md):
+    X-Gateway-Cache use | refresh | bypass, X-Gateway-Cache-TTL seconds (alone,
+    it opts in), else the key's opt-in for deterministic requests. Returns 0, or
+    -1 when a header is malformed (the request is answered 400). */
+static int
+s_cache_policy (http_req_t *req)
+{
+    const char *mode = MHD_lookup_connection_value (req->conn, MHD_HEADER_KIND, "X-Gateway-Cache");
+    const char *ttl_text = MHD_lookup_connection_value (req->conn, MHD_HEADER_KIND, "X-Gateway-Cache-TTL");
+    uint32_t ttl = req->key_cache_ttl_s ? req->key_cache_ttl_s : req->front->config.cache_ttl_s;
+    if (ttl_text) {
+        char *end;
+        errno = 0;
+        long long v = strtoll (ttl_text, &end, 10);
+        if (end == ttl_text || *end || errno || v < 1 || v > CACHE_TTL_MAX_S) {
+            s_finish_error (req, 400, "invalid_request_error", "invalid_cache_ttl", "x-gateway-cache-ttl",
+                            "X-Gateway-Cache-TTL must be a whole number of seconds from 1 to %d.", CACHE_TTL_MAX_S);
+            return -1;
+        }
+        ttl = (uint32_t) v;
+    }
+    if (!mode) {
+        if (ttl_text)
+            req->cache = (pool_cache_t) { true, ttl };
+        else if (req->key_cache_ttl_s && req->chat.deterministic)
+            req->cache = (pool_cache_t) { true, req->key_cache_ttl_s };
+    }
+    else if (strcasecmp (mode, "use") == 0)
+        req->cache = (pool_cache_t) { true, ttl };
+    else if (strcasecmp (mode, "refresh") == 0)
+        req->cache = (pool_cache_t) { false, ttl };
+    else if (strcasecmp (mode, "bypass") == 0)
+        req->cache_bypass = true;
+    else {
+        s_finish_error (req, 400, "invalid_request_error", "invalid_cache_mode", "x-gateway-cache",
+                        "X-Gateway-Cache must be use, refresh or bypass.");
+        return -1;
+    }
+    return 0;
+}
+
 /*  The key is good and the body parsed: check the model, admit, dispatch. */
 static void
 s_chat_go (http_req_t *req)
 {
     http_front_t *self = req->front;
+    if (s_cache_policy (req))
+        return;
     if (dispatcher_pool_knows_model (self->pool, req->chat.model) == 0) {
         s_finish (req, 400, gw_error_json ("invalid_request_error", "invalid_request_error", NULL, "Model Not Exist"));
         return;
@@ -443,6 +502,7 @@ s_take_key (http_req_t *req, const key_info_t *info)
     req->key_known = true;
     req->key_id = info->key_id;
     req->key_admit = info->admit;
+    req->key_cache_ttl_s = info->cache_ttl_s;
     gw_strlist_clear (&req->key_models);
     for (size_t i = 0; i < info->models.count; i++)
         gw_strlist_append (&req->key_models, info->models.items[i]);

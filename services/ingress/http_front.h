@@ -18,6 +18,9 @@
 
 typedef struct http_front_t http_front_t;
 
+/*  The longest response cache TTL a request or key may ask for (30 days). */
+#define CACHE_TTL_MAX_S (30 * 86400)
+
 typedef struct {
     const char *host;       //  listen address
     int port;               //  0 picks a free port
@@ -26,6 +29,7 @@ typedef struct {
     bool auth;              //  require gateway keys (GW_AUTH=keys)
     const char *admin_key;  //  GW_ADMIN_KEY; NULL: the admin API is disabled
     const char *currency;  //  GW_CURRENCY, for the cost (0) of requests refused before any call
+    uint32_t cache_ttl_s;  //  GW_CACHE_TTL_S: a request opting in to the response cache without a TTL
 } http_config_t;
 
 /*  The callbacks the dispatcher pool calls for a job's client. */

@@ -62,6 +62,7 @@ s_on_key_info (void *client, const gw_msg_t *reply)
         e->info.key_id = reply->key_info.key_id;
         e->info.expires_ms = (int64_t) reply->key_info.expires_ms;
         e->info.admit = reply->key_info.admit;
+        e->info.cache_ttl_s = reply->key_info.cache_ttl_s;
         for (size_t i = 0; i < reply->key_info.models.count; i++)
             gw_strlist_append (&e->info.models, reply->key_info.models.items[i]);
     }

@@ -22,6 +22,7 @@ typedef struct {
     int64_t expires_ms;  //  0: never
     gw_strlist_t models;  //  empty: all
     bool admit;  //  limits or budgets: each request needs ADMIT
+    uint32_t cache_ttl_s;  //  opts in to the response cache; 0 no
 } key_info_t;
 
 typedef enum { KEY_VALID, KEY_INVALID, KEY_UNAVAILABLE, KEY_PENDING } key_status_t;

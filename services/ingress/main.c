@@ -55,6 +55,7 @@ main (void)
         .idle_timeout_s = (int) gw_env_int ("GW_HTTP_IDLE_TIMEOUT_S", 300, 1, 86400),
         .admin_key = gw_env_str ("GW_ADMIN_KEY", NULL),
         .currency = gw_env_str ("GW_CURRENCY", "CNY"),
+        .cache_ttl_s = (uint32_t) gw_env_int ("GW_CACHE_TTL_S", 300, 1, CACHE_TTL_MAX_S),
     };
     const char *auth = gw_env_str ("GW_AUTH", "keys");
     if (strcmp (auth, "keys") && strcmp (auth, "none")) {

@@ -43,13 +43,15 @@ static const char s_usage_text[] =
     "  --budget-total X      spend over the key's life\n"
     "Each limit and budget takes a number (0 allows nothing), \"unlimited\", or\n"
     "\"default\" (the accounting service's default for every key).\n"
+    "  --cache-ttl S         keep answers to the key's temperature-0 requests in the\n"
+    "                        response cache S seconds (0: off; docs/cache.md)\n"
     "\n"
     "environment:\n"
     "  GW_CONTROL_ENDPOINTS   accounting control socket; the first is asked\n"
     "                         (default tcp://127.0.0.1:5557)\n"
     "  GW_CONTROL_TIMEOUT_MS  how long to wait for the answer (default 5000)\n";
 
-typedef enum { FIELD_STRING, FIELD_MODELS, FIELD_EXPIRES, FIELD_LIMIT, FIELD_BUDGET } field_kind_t;
+typedef enum { FIELD_STRING, FIELD_MODELS, FIELD_EXPIRES, FIELD_LIMIT, FIELD_BUDGET, FIELD_SECONDS } field_kind_t;
 
 /*  The key fields an option sets, and how its value becomes JSON. */
 static const struct {
@@ -67,6 +69,7 @@ static const struct {
     { "--budget-week", "budget_week", FIELD_BUDGET },
     { "--budget-month", "budget_month", FIELD_BUDGET },
     { "--budget-total", "budget_total", FIELD_BUDGET },
+    { "--cache-ttl", "cache_ttl_s", FIELD_SECONDS },
 };
 
 static bool
@@ -108,6 +111,12 @@ s_field_value (field_kind_t kind, const char *option, const char *value)
     }
     if (kind == FIELD_EXPIRES)
         return strcmp (value, "never") ? json_string (value) : json_null ();
+    if (kind == FIELD_SECONDS) {
+        if (s_all_digits (value, strlen (value)) && strlen (value) <= 9)
+            return json_integer (strtoll (value, NULL, 10));
+        fprintf (stderr, "gw-keys: %s wants a whole number of seconds, not \"%s\"\n", option, value);
+        return NULL;
+    }
     if (!strcmp (value, "default"))
         return json_null ();
     if (!strcmp (value, "unlimited"))
