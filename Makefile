@@ -123,7 +123,7 @@ test-asan: deps
 
 # The gateway beside the mock upstream, nginx and Portkey, and 10,000 concurrent streams
 # (issue 6; bench/RESULTS.md). Installs nginx-light and, under bench/.peers/, the pinned
-# Portkey when missing. About 8 minutes.
+# Portkey when missing. About 10 minutes.
 bench: all
 	python3 bench/gateway.py
 

@@ -27,7 +27,7 @@
 #ifndef GW_MESSAGES_H_INCLUDED
 #define GW_MESSAGES_H_INCLUDED
 
-#define GW_PROTO_VERSION 4
+#define GW_PROTO_VERSION 5
 #define GW_PROTO_MIN_VERSION 1
 
 /*  M(NAME, id, lowercase name, version, description)
@@ -45,7 +45,7 @@
     M (HEARTBEAT, 2, heartbeat, 1, "either way: I am alive")                    \
     M (CREDIT, 3, credit, 1, "dispatcher to ingress: you may send this many more jobs") \
     M (RESET, 4, reset, 1, "ingress to dispatcher: I do not know you, say HELLO again") \
-    M (JOB, 5, job, 4, "ingress to dispatcher: run one chat completion")        \
+    M (JOB, 5, job, 5, "ingress to dispatcher: run one chat completion")        \
     M (CANCEL, 6, cancel, 1, "ingress to dispatcher: the client went away")     \
     M (HEAD, 7, head, 4, "dispatcher to ingress: a stream starts; status and type")    \
     M (CHUNK, 8, chunk, 1, "dispatcher to ingress: stream bytes for the client")        \
@@ -66,7 +66,8 @@
     M (ADMIN_REPLY, 23, admin_reply, 2, "accounting to the asker: the admin API answer") \
     M (ALERT_REQUEST, 24, alert_request, 2, "alerter to accounting: lease, state, claim, outbox, delivery") \
     M (ALERT_REPLY, 25, alert_reply, 2, "accounting to the alerter: the answer as JSON") \
-    M (STATUS, 26, status, 3, "dispatcher to accounting: I am alive (or leaving); my spool and host")
+    M (STATUS, 26, status, 3, "dispatcher to accounting: I am alive (or leaving); my spool and host") \
+    M (STREAM_ACK, 27, stream_ack, 5, "ingress to dispatcher: the client has taken this much of a stream")
 
 /*  F(TYPE, field, description) */
 #define GW_HELLO_FIELDS(F)                                                          \
@@ -95,8 +96,12 @@
     F (BIN, body, "the client's JSON body, validated, otherwise unchanged")     \
     F (U64, api_key_id, "gateway key of the request, 0 when keys are off (v2)") \
     F (BOOL, cache_lookup, "an answer from the response cache will do (v4)")    \
-    F (U32, cache_ttl_s, "keep a good answer in the cache this long; 0 do not (v4)")
+    F (U32, cache_ttl_s, "keep a good answer in the cache this long; 0 do not (v4)") \
+    F (U32, flow_window, "stream bytes the dispatcher may send beyond the last STREAM_ACK; 0 no limit (v5)")
 
+#define GW_STREAM_ACK_FIELDS(F)                                                     \
+    F (U64, job_id, "the streamed job")                                         \
+    F (U64, bytes, "CHUNK bytes the client has taken so far, in all")
 #define GW_CANCEL_FIELDS(F)                                                         \
     F (U64, job_id, "job whose client disconnected")
 
@@ -274,6 +279,7 @@
     newest of its shapes that the peer reads. */
 #define GW_OLDER_SHAPES(S)                                                          \
     S (JOB, 2, 9)                                                                   \
+    S (JOB, 4, 11)                                                                  \
     S (HEAD, 1, 3)                                                                  \
     S (END, 2, 8)                                                                   \
     S (USAGE, 2, 20)                                                                \

@@ -57,6 +57,52 @@ s_pack_STRLIST (msgpack_packer *pk, gw_strlist_t v)
         s_pack_STR (pk, v.items[i]);
 }
 
+/*  Upper bounds of each field's encoded size, so that a message is packed
+    into one buffer of about its own size. msgpack's own buffer starts at 8 KiB
+    and was handed to libzmq as it was: every 200-byte CHUNK waiting in a queue
+    held 8 KiB (10,000 streams peaked at 109 KiB each, bench/RESULTS.md). */
+static size_t
+s_size_U32 (uint32_t v)
+{
+    (void) v;
+    return 5;
+}
+
+static size_t
+s_size_U64 (uint64_t v)
+{
+    (void) v;
+    return 9;
+}
+
+static size_t
+s_size_BOOL (bool v)
+{
+    (void) v;
+    return 1;
+}
+
+static size_t
+s_size_STR (const char *v)
+{
+    return 5 + (v ? strlen (v) : 0);
+}
+
+static size_t
+s_size_BIN (gw_bin_t v)
+{
+    return 5 + v.size;
+}
+
+static size_t
+s_size_STRLIST (gw_strlist_t v)
+{
+    size_t n = 5;
+    for (size_t i = 0; i < v.count; i++)
+        n += s_size_STR (v.items[i]);
+    return n;
+}
+
 /* ---- unpacking: each returns 0 or -1 and never trusts the input ---- */
 
 static int
@@ -239,6 +285,7 @@ s_free_STRLIST (gw_strlist_t *v)
         return -1;                                                                  \
     i++;
 #define GW_FREE_FIELD(type, field, desc) s_free_##type (&m->field);
+#define GW_SIZE_FIELD(type, field, desc) n += s_size_##type (m->field);
 
 #define GW_MESSAGE_FUNCS(NAME, num, name, version, desc)                        \
     enum { s_##name##_nfields = 0 GW_##NAME##_FIELDS (GW_COUNT_FIELD) };            \
@@ -264,6 +311,12 @@ s_free_STRLIST (gw_strlist_t *v)
     static void s_free_##name (gw_##name##_t *m)                                    \
     {                                                                               \
         GW_##NAME##_FIELDS (GW_FREE_FIELD)                                          \
+    }                                                                               \
+    static size_t s_size_##name (const gw_##name##_t *m)                            \
+    {                                                                               \
+        size_t n = 5 + 5 + 5; /* array header, version, id */                        \
+        GW_##NAME##_FIELDS (GW_SIZE_FIELD)                                          \
+        return n;                                                                   \
     }
 GW_MESSAGES (GW_MESSAGE_FUNCS)
 #undef GW_MESSAGE_FUNCS
@@ -340,6 +393,9 @@ gw_msg_encode_as (const gw_msg_t *msg, uint32_t peer_version, char **data_p, siz
     switch (msg->id) {
 #define GW_PACK_CASE(NAME, num, name, version, desc)                            \
     case GW_MSG_##NAME:                                                             \
+        sbuf.alloc = s_size_##name (&msg->name);                                    \
+        if (!(sbuf.data = malloc (sbuf.alloc)))                                     \
+            return -1;                                                              \
         s_pack_##name (&pk, &msg->name, as_version, nfields);                       \
         break;
         GW_MESSAGES (GW_PACK_CASE)
@@ -585,6 +641,23 @@ gw_msg_recv (void *socket, void *routing_id, size_t *routing_id_size, gw_msg_t *
     return rc;
 }
 
+/*  libzmq's context option ZMQ_ZERO_COPY_RECV (a draft name in 4.3, read by
+    every build): on, which is the default, a received message keeps the whole
+    receive buffer it came in alive, about 18 KiB with its counters, until the
+    message is freed. A service that is behind on its queue then holds a buffer
+    for every few small messages: 10,000 streams' CHUNKs made the ingress 25 KiB
+    a stream. Off, each message is copied out at its own size. */
+#define GW_ZMQ_ZERO_COPY_RECV 10
+
+void *
+gw_proto_context (void)
+{
+    void *ctx = zmq_ctx_new ();
+    if (ctx && zmq_ctx_set (ctx, GW_ZMQ_ZERO_COPY_RECV, 0))
+        gw_warn ("proto", "libzmq ignored ZMQ_ZERO_COPY_RECV: received messages keep their buffers");
+    return ctx;
+}
+
 void *
 gw_proto_dealer (void *zmq_ctx, const char *endpoints, int sndhwm, const char *module)
 {
@@ -685,6 +758,21 @@ gw_proto_test (bool verbose)
     assert (memcmp (out.job.body.data, body, sizeof body) == 0);
     assert (strcmp (out.job.model, "") == 0);
     gw_msg_clear (&out);
+    {
+        //  Packed into one buffer of its bound: no regrowth, little slack.
+        char *bytes;
+        size_t n;
+        assert (gw_msg_encode (&in, &bytes, &n) == 0);
+        assert (n <= s_size_job (&in.job) && s_size_job (&in.job) - n < 64);
+        free (bytes);
+        gw_msg_t hello = { .id = GW_MSG_HELLO };
+        hello.hello.dispatcher_id = "d-1";
+        gw_strlist_append (&hello.hello.models, "deepseek-chat");
+        gw_strlist_append (&hello.hello.models, "deepseek-reasoner");
+        assert (gw_msg_encode (&hello, &bytes, &n) == 0 && n <= s_size_hello (&hello.hello));
+        free (bytes);
+        gw_strlist_clear (&hello.hello.models);
+    }
     gw_msg_clear (&out);
 
 #define GW_TEST_EMPTY(NAME, num, name, version, desc)                           \
@@ -779,6 +867,14 @@ gw_proto_test (bool verbose)
         free (data);
         assert (gw_msg_encode_as (&in, 1, &data, &size) == -1);
         assert (!gw_msg_writable_for (GW_MSG_JOB, 1) && gw_msg_writable_for (GW_MSG_JOB, 2));
+        //  A version 4 dispatcher reads the JOB of the response cache, without flow control.
+        in.job.flow_window = 4096;
+        assert (gw_msg_encode_as (&in, 4, &data, &size) == 0);
+        assert (data[1] == 4 && (uint8_t) data[0] == (0x90 | (2 + 11)));
+        assert (gw_msg_decode (data, size, &out, NULL, 0) == GW_DECODE_OK);
+        assert (out.job.cache_lookup && out.job.cache_ttl_s == 60 && out.job.flow_window == 0);
+        gw_msg_clear (&out);
+        free (data);
         assert (gw_msg_writable_for (GW_MSG_CREDIT, 1));
         assert (gw_msg_encode_as (&in, GW_PROTO_VERSION, &data, &size) == 0);
         assert (gw_msg_decode (data, size, &out, NULL, 0) == GW_DECODE_OK);

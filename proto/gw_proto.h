@@ -111,6 +111,10 @@ int gw_msg_send_as (void *socket, const void *routing_id, size_t routing_id_size
 
 gw_decode_t gw_msg_recv (void *socket, void *routing_id, size_t *routing_id_size, gw_msg_t *msg);
 
+/*  A ZeroMQ context as every service uses it: received messages are copied
+    out of libzmq's receive buffers instead of keeping them (gw_proto.c). */
+void *gw_proto_context (void);
+
 /*  Creates a DEALER for talking to a service (no linger, messages only on live
     connections, quick reconnects) and connects it to every endpoint of a comma
     list. sndhwm > 0 sets the send high-water mark (options only apply to

@@ -6,6 +6,7 @@ rows (one per request, a hit's marked cached and free, budgets and tpm
 untouched by it)."""
 
 import json
+import os
 import re
 import time
 from decimal import Decimal
@@ -116,6 +117,12 @@ def test_cache_hit_is_the_same_answer_free_and_marked():
         # every reservation settled (hits included)
         wait_for(lambda: ks.sql(f"SELECT count(*) FROM reservations WHERE key_id = {key['id']}") == "0", 10,
                  "reservations settled")
+        # the key's report: hits are requests, not calls, and their tokens bought nothing
+        st, _, raw = harness.http("GET", ks.url + "/v1/usage?period=today", None, bearer(key["key"]))
+        total = json.loads(raw)["total"]
+        assert st == 200 and total["calls"] == 5 and total["requests"] == 8 and total["cached_requests"] == 3, raw
+        assert total["prompt_tokens"] + total["completion_tokens"] == sum(r[2] for r in paid), raw
+        assert int(total["cost_pico"]) == spend
 
 
 def test_cache_stream_replays_the_stream():
@@ -208,3 +215,32 @@ def test_cache_ttl_errors_and_size_bounds():
             err = error_of(raw)
             assert st == 400 and err["param"] == param and err["type"] == "invalid_request_error", (headers, raw)
         assert mock_requests(ks) == sent
+
+
+def test_cached_stream_to_a_slow_reader_goes_a_window_at_a_time():
+    """A large cached stream replayed to a client that stops reading: the ingress
+    holds a window of it, not the answer, and the whole answer still arrives."""
+    import test_flow
+    tokens = 40000  # about 5.6 MB of SSE
+    asan = (os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=1").lstrip(":")
+    with KeyStack(accountings=1, dispatcher_env={"GW_CACHE_ENTRY_MAX_BYTES": str(16 << 20)},
+                  ingress_env={"GW_MEM_TRIM_MS": "0", "ASAN_OPTIONS": asan}) as ks:
+        key = ks.create_key("cache-slow")
+        body = json.dumps({"model": "deepseek-chat", "stream": True,
+                           "messages": [{"role": "user", "content": f"[[mock tokens={tokens}]] long"}]})
+        headers = dict(bearer(key["key"]), **CACHE)
+        st, hd, first = harness.http("POST", ks.url + "/v1/chat/completions", json.loads(body), headers, timeout=60)
+        assert st == 200 and hd["x-gateway-cache"] == "miss", hd
+        before = mock_requests(ks)
+        ingress = ks.stack.ingresses[0]
+        base = test_flow.rss_kib(ingress)
+        stream = test_flow.open_stream(ks.url, None, body=body, headers=headers)
+        time.sleep(3)
+        grown = test_flow.rss_kib(ingress) - base
+        data = test_flow.read_all(stream)
+        stream[0].close()
+        print(f"  ingress +{grown} KiB while the client did not read a {len(first) >> 10} KiB cached stream")
+        assert b"x-gateway-cache: hit" in data.split(b"\r\n\r\n", 1)[0].lower()
+        assert harness.sse_events(test_flow.dechunk(data)) == harness.sse_events(first)
+        assert mock_requests(ks) == before
+        assert grown < 2048, grown

@@ -63,7 +63,7 @@ main (void)
     if (!prices)
         gw_error ("main", "cannot load prices path=%s error=%s", prices_path, err);
     usage_store_t *store = usage_store_new (dsn, currency);
-    void *zmq_ctx = zmq_ctx_new ();
+    void *zmq_ctx = gw_proto_context ();
     gw_loop_t *loop = gw_loop_new ();
     usage_intake_t *intake = policy_ok && prices && store && loop
                                  ? usage_intake_new (loop, zmq_ctx, &intake_config, store, prices)

@@ -51,7 +51,7 @@ s_row (PGresult *res, int r)
 {
     //  Counts and sums come back as text; integers fit in json_int_t (int64),
     //  the cost is kept as text to stay exact.
-    return json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s, s:I}", "calls",
+    return json_pack ("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s, s:I, s:I}", "calls",
                       (json_int_t) strtoll (PQgetvalue (res, r, 1), NULL, 10), "requests",
                       (json_int_t) strtoll (PQgetvalue (res, r, 2), NULL, 10), "cache_hit_tokens",
                       (json_int_t) strtoll (PQgetvalue (res, r, 3), NULL, 10), "cache_miss_tokens",
@@ -60,7 +60,8 @@ s_row (PGresult *res, int r)
                       "completion_tokens", (json_int_t) strtoll (PQgetvalue (res, r, 5), NULL, 10),
                       "reasoning_tokens", (json_int_t) strtoll (PQgetvalue (res, r, 6), NULL, 10), "cost",
                       PQgetvalue (res, r, 7), "cost_pico", PQgetvalue (res, r, 8), "unpriced_calls",
-                      (json_int_t) strtoll (PQgetvalue (res, r, 9), NULL, 10));
+                      (json_int_t) strtoll (PQgetvalue (res, r, 9), NULL, 10), "cached_requests",
+                      (json_int_t) strtoll (PQgetvalue (res, r, 11), NULL, 10));
 }
 
 char *
@@ -98,12 +99,16 @@ usage_report_run (usage_store_t *store, const gw_report_request_t *request, cons
         snprintf (grouping, sizeof grouping, "GROUPING SETS (())");
     }
     snprintf (sql, sizeof sql,
-              "%sSELECT %s AS grp, count(*), count(DISTINCT request_id),"
-              " coalesce(sum(cache_hit_tokens), 0), coalesce(sum(cache_miss_tokens), 0),"
-              " coalesce(sum(completion_tokens), 0), coalesce(sum(reasoning_tokens), 0),"
+              //  Answers from the response cache are requests, not calls: their
+              //  tokens (those of the call that made the answer) bought nothing.
+              "%sSELECT %s AS grp, count(*) FILTER (WHERE NOT cached), count(DISTINCT request_id),"
+              " coalesce(sum(cache_hit_tokens) FILTER (WHERE NOT cached), 0),"
+              " coalesce(sum(cache_miss_tokens) FILTER (WHERE NOT cached), 0),"
+              " coalesce(sum(completion_tokens) FILTER (WHERE NOT cached), 0),"
+              " coalesce(sum(reasoning_tokens) FILTER (WHERE NOT cached), 0),"
               " trim_scale(coalesce(sum(cost_pico), 0)::numeric / 1000000000000)::text,"
               " coalesce(sum(cost_pico), 0)::text, count(*) FILTER (WHERE cost_pico IS NULL),"
-              " %s,"
+              " %s, count(*) FILTER (WHERE cached),"
               " (SELECT CASE WHEN isfinite(lo) THEN to_char(lo, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') END FROM b),"
               " (SELECT CASE WHEN isfinite(hi) THEN to_char(hi, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') END FROM b)"
               " FROM usage_events, b WHERE started_at >= b.lo AND started_at < b.hi"
@@ -131,16 +136,16 @@ usage_report_run (usage_store_t *store, const gw_report_request_t *request, cons
     }
     if (!total) {
         //  No rows at all in the period: a zero total, bounds still reported.
-        total = json_pack ("{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:s, s:i}", "calls", 0, "requests", 0,
+        total = json_pack ("{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:s, s:s, s:i, s:i}", "calls", 0, "requests", 0,
                            "cache_hit_tokens", 0, "cache_miss_tokens", 0, "prompt_tokens", 0,
                            "completion_tokens", 0, "reasoning_tokens", 0, "cost", "0", "cost_pico", "0",
-                           "unpriced_calls", 0);
+                           "unpriced_calls", 0, "cached_requests", 0);
     }
     //  Bounds are null for "all" (infinite), and when the period has no rows.
-    bool bounded = PQntuples (res) && !PQgetisnull (res, 0, 11);
+    bool bounded = PQntuples (res) && !PQgetisnull (res, 0, 12);
     json_t *report = json_pack ("{s:s, s:s, s:s?, s:s?, s:s, s:s, s:o, s:o}", "object", "usage_report", "period",
-                                request->period, "from", bounded ? PQgetvalue (res, 0, 11) : NULL, "to",
-                                bounded ? PQgetvalue (res, 0, 12) : NULL, "currency", currency, "group_by",
+                                request->period, "from", bounded ? PQgetvalue (res, 0, 12) : NULL, "to",
+                                bounded ? PQgetvalue (res, 0, 13) : NULL, "currency", currency, "group_by",
                                 request->group_by[0] ? request->group_by : "none", "total", total, "data", data);
     PQclear (res);
     char *body = json_dumps (report, JSON_COMPACT | JSON_PRESERVE_ORDER);

@@ -10,6 +10,7 @@
 
 #include <curl/curl.h>
 #include <stdio.h>
+#include "gw_proto.h"
 #include <zmq.h>
 
 int
@@ -36,7 +37,7 @@ main (void)
         gw_warn ("main", "GW_ALERT_LEASE_MS=%d is not longer than GW_ALERT_INTERVAL_MS=%d: the lead may change hands "
                          "between evaluations", config.lease_ms, config.interval_ms);
     int rc = 1;
-    void *zmq_ctx = zmq_ctx_new ();
+    void *zmq_ctx = gw_proto_context ();
     gw_loop_t *loop = gw_loop_new ();
     notifier_t *notifier = NULL;
     alert_engine_t *engine = NULL;

@@ -179,6 +179,10 @@ s_on_message (ingress_link_t *link, gw_msg_t *msg)
         if ((job = zhashx_lookup (link->jobs, (void *) (uintptr_t) msg->cancel.job_id)))
             job_runner_cancel (self->runner, job);
         break;
+    case GW_MSG_STREAM_ACK:
+        if ((job = zhashx_lookup (link->jobs, (void *) (uintptr_t) msg->stream_ack.job_id)))
+            job_runner_acked (self->runner, job, msg->stream_ack.bytes);
+        break;
     default:
         gw_warn ("link", "unexpected message id=%s endpoint=%s", gw_msg_name (msg->id), link->endpoint);
     }

@@ -36,9 +36,20 @@ struct runner_job_t {
     uint32_t cache_ttl_s;
     bool cache_keyed;
     uint8_t cache_key[RESPONSE_CACHE_KEY_SIZE];
-    const cache_answer_t *cached;  //  answered from the cache: no call
+    const cache_answer_t *cached;  //  the cache's answer, while its usage is emitted
+    bool from_cache;  //  answered from the cache: no call
+    gw_buf_t replay;  //  a cached stream still to send (a copy: the entry may go)
+    size_t replay_off;
+    char replay_type[128];
+    gw_buf_t tail;  //  a stream's "data: [DONE]" and after, held until its usage is written
     gw_buf_t capture;  //  a stream's bytes for the cache, while they fit
     bool capturing;
+    //  Flow control of a stream: at most window bytes sent and not yet taken
+    //  by the client (STREAM_ACK); beyond that the transfer is paused, so a
+    //  slow reader holds the provider back instead of filling our memory.
+    uint32_t window;  //  0: no limit (an older ingress sends no acks)
+    uint64_t sent_bytes, acked_bytes;
+    bool paused;
     gw_bin_t body;
     json_t *parsed;  //  the body, parsed only if it must be rewritten
     route_step_t steps[MAX_STEPS];
@@ -131,6 +142,7 @@ s_reset_attempt (runner_job_t *job)
     gw_buf_free (&job->answer);
     gw_buf_free (&job->forward);
     gw_buf_free (&job->capture);
+    gw_buf_free (&job->tail);
     job->capturing = job->cache_keyed && job->cache_ttl_s > 0 && job->stream;
     sse_reader_reset (&job->sse);
     job->status = 0;
@@ -139,6 +151,7 @@ s_reset_attempt (runner_job_t *job)
     job->got_header = false;
     job->first_byte_us = 0;
     job->oversize = false;
+    job->paused = false;
     gw_timer_stop (self->loop, job->deadline_timer);
 }
 
@@ -157,6 +170,7 @@ s_job_destroy (runner_job_t **job_p)
     s_reset_attempt (job);
     gw_timer_destroy (job->runner->loop, &job->retry_timer);
     gw_timer_destroy (job->runner->loop, &job->deadline_timer);
+    gw_buf_free (&job->replay);
     json_decref (job->parsed);
     free (job->request_id);
     free (job->model);
@@ -176,7 +190,7 @@ s_finish (runner_job_t *job, uint32_t status, const char *type, const char *body
         .cost_known = !job->cost.unpriced,
         .cost_pico = job->cost.cost_pico,
         .currency = self->config.currency,
-        .cached = job->cached != NULL,
+        .cached = job->from_cache,
     };
     self->fns.end (job, status, type, body, size, &outcome);
     s_job_destroy (&job);
@@ -231,7 +245,7 @@ s_emit_usage (runner_job_t *job, const call_usage_t *usage)
         .total_us = (uint64_t) (now - job->attempt_start_us),
         .started_ms = (uint64_t) job->attempt_wall_ms,
         .api_key_id = job->api_key_id,
-        .cached = job->cached != NULL,
+        .cached = job->from_cache,
     };
     call_cost_add (&job->cost, job->runner->prices, job->runner->config.currency, &ev);
     job->runner->usage (job->runner->usage_arg, &ev);
@@ -288,6 +302,33 @@ s_capture (runner_job_t *job)
     }
 }
 
+/*  Sends the complete events the reader forwarded, except the stream's end:
+    from "data: [DONE]" on, the bytes wait for the END, which leaves only once
+    the call's usage event is in the spool's file. A client that holds a whole
+    answer then has its usage recorded, whatever happens to this process. */
+static void
+s_relay (runner_job_t *job)
+{
+    if (!job->forward.len)
+        return;
+    s_capture (job);
+    size_t send = job->forward.len;
+    if (job->sse.done) {
+        static const char done[] = "data: [DONE]";
+        const char *at = job->tail.len ? job->forward.data
+                                       : memmem (job->forward.data, job->forward.len, done, sizeof done - 1);
+        //  (Not found: written some other way, "data:[DONE]"; then it goes as it came.)
+        if (at) {
+            send = (size_t) (at - job->forward.data);
+            gw_buf_append (&job->tail, at, job->forward.len - send);
+        }
+    }
+    if (send && !job->cancelled)
+        job->runner->fns.chunk (job, job->forward.data, send);
+    job->sent_bytes += send;
+    job->forward.len = 0;
+}
+
 /*  A whole good answer goes into the cache when its request asked for that. */
 static void
 s_cache_put (runner_job_t *job, const char *content_type, const void *body, size_t size, const call_usage_t *usage)
@@ -317,6 +358,12 @@ s_on_write (char *data, size_t size, size_t nmemb, void *arg)
         job->first_byte_us = gw_now_us ();
         curl_easy_getinfo (job->easy, CURLINFO_RESPONSE_CODE, &job->status);
     }
+    //  The client is a window behind: hold these bytes (curl delivers them
+    //  again once unpaused) and stop reading from the provider.
+    if (job->window && job->head_sent && !job->cancelled && job->sent_bytes - job->acked_bytes >= job->window) {
+        job->paused = true;
+        return CURL_WRITEFUNC_PAUSE;
+    }
     //  A provider may answer a stream request with plain JSON: that is taken
     //  whole, like a non-streamed answer, so its usage is still read.
     if (job->stream && job->status == 200
@@ -329,12 +376,7 @@ s_on_write (char *data, size_t size, size_t nmemb, void *arg)
         }
         if (sse_reader_feed (&job->sse, data, len, &job->forward))
             return 0;
-        if (job->forward.len) {
-            s_capture (job);
-            if (!job->cancelled)
-                self->fns.chunk (job, job->forward.data, job->forward.len);
-            job->forward.len = 0;
-        }
+        s_relay (job);
         return len;
     }
     if (job->answer.len + len > self->config.max_body_bytes) {
@@ -473,10 +515,7 @@ s_attempt_done (runner_job_t *job, CURLcode rc)
     //  A last event without its blank line is still an event.
     if (job->stream && job->head_sent && rc == CURLE_OK && job->sse.pending.len) {
         sse_reader_feed (&job->sse, "\n\n", 2, &job->forward);
-        s_capture (job);
-        if (job->forward.len && !job->cancelled)
-            self->fns.chunk (job, job->forward.data, job->forward.len);
-        job->forward.len = 0;
+        s_relay (job);
     }
     call_usage_t usage = { 0 };
     json_t *answer = NULL;
@@ -494,7 +533,8 @@ s_attempt_done (runner_job_t *job, CURLcode rc)
             //  Only a stream that reached its [DONE] is whole enough to replay.
             if (job->capturing && job->sse.done && job->status == 200)
                 s_cache_put (job, job->content_type, job->capture.data, job->capture.len, &usage);
-            s_finish (job, 200, job->content_type, NULL, 0);
+            //  The usage event is written (s_emit_usage): the end may go.
+            s_finish (job, 200, job->content_type, job->tail.data, job->tail.len);
         }
         else if (rc == CURLE_OPERATION_TIMEDOUT)
             s_finish_error (job, 504, "upstream_timeout",
@@ -667,6 +707,17 @@ s_attempt (runner_job_t *job)
     curl_easy_setopt (e, CURLOPT_TIMEOUT_MS, (long) self->config.total_timeout_ms);
     curl_easy_setopt (e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt (e, CURLOPT_TCP_NODELAY, 1L);
+    //  A paused stream keeps what curl read last until it resumes: with its
+    //  default 16 KiB buffer, that was 16 KiB a slow stream (tokens are small).
+    if (job->stream)
+        curl_easy_setopt (e, CURLOPT_BUFFERSIZE, 4096L);
+    //  Pausing a transfer stops reading its connection only when the
+    //  connection is its own: over HTTP/2 the provider's other streams share
+    //  it, curl keeps reading, and buffers the paused stream's data (curl
+    //  7.88's HTTP/2 pause also has known stalls). A windowed stream takes an
+    //  HTTP/1.1 connection of its own, which idle ones are then reused for.
+    if (job->stream && job->window)
+        curl_easy_setopt (e, CURLOPT_HTTP_VERSION, (long) CURL_HTTP_VERSION_1_1);
     curl_easy_setopt (e, CURLOPT_USERAGENT, "deepseek-gateway/1");
     if (curl_multi_add_handle (self->multi, e) != CURLM_OK) {
         s_finish_error (job, 500, "internal_error", "The gateway could not start the upstream call.");
@@ -679,26 +730,70 @@ s_attempt (runner_job_t *job)
 /*  Answers from the cache: the client gets the stored bytes, and the one usage
     event of this dispatch says so (its tokens those of the call that made the
     answer, its cost nothing). */
-static void
+/*  Sends what the window allows of a cached stream, in whole events; ends the
+    job when all is sent. Returns false when the job ended (and is freed). */
+static bool
+s_replay_more (runner_job_t *job)
+{
+    while (job->replay_off < job->replay.len) {
+        if (job->window && job->sent_bytes - job->acked_bytes >= job->window)
+            return true;  //  the next STREAM_ACK goes on
+        const char *from = job->replay.data + job->replay_off;
+        size_t left = job->replay.len - job->replay_off;
+        size_t n = left;
+        if (job->window && left > job->window) {
+            //  Up to the last event end within the window (or the first one
+            //  after it, for an event larger than the window).
+            n = 0;
+            for (const char *p = from; (p = memmem (p, left - (size_t) (p - from), "\n\n", 2)); p += 2) {
+                size_t end = (size_t) (p - from) + 2;
+                if (end > job->window && n)
+                    break;
+                n = end;
+                if (end > job->window)
+                    break;
+            }
+            if (!n)
+                n = left;
+        }
+        job->runner->fns.chunk (job, from, n);
+        job->replay_off += n;
+        job->sent_bytes += n;
+    }
+    s_finish (job, 200, job->replay_type, NULL, 0);
+    return false;
+}
+
+/*  Answers from the cache: the one usage event of this dispatch is written
+    first (its tokens those of the call that made the answer, its cost
+    nothing), then the client gets the stored bytes; a stream's go a window at
+    a time, like any stream's. Returns false when the job ended (and is freed). */
+static bool
 s_serve_cached (runner_job_t *job, const cache_answer_t *hit)
 {
     job_runner_t *self = job->runner;
-    job->cached = hit;
+    job->from_cache = true;
     job->attempt = 1;
     job->attempt_start_us = job->first_byte_us = gw_now_us ();
     job->attempt_wall_ms = gw_wall_ms ();
     job->status = 200;
     gw_debug ("runner", "cache hit request_id=%s bytes=%zu", job->request_id, hit->size);
+    job->cached = hit;
     s_emit_usage (job, &hit->usage);
-    if (job->stream) {
-        job->head_sent = true;
-        self->fns.head (job, 200, hit->content_type);
-        if (hit->size)
-            self->fns.chunk (job, (const char *) hit->body, hit->size);
-        s_finish (job, 200, hit->content_type, NULL, 0);
-    }
-    else
+    job->cached = NULL;
+    if (!job->stream) {
         s_finish (job, 200, hit->content_type, (const char *) hit->body, hit->size);
+        return false;
+    }
+    //  A copy: the entry may be evicted while a slow client reads.
+    if (gw_buf_append (&job->replay, hit->body, hit->size)) {
+        s_finish_error (job, 500, "internal_error", "The gateway is out of memory.");
+        return false;
+    }
+    snprintf (job->replay_type, sizeof job->replay_type, "%s", hit->content_type);
+    job->head_sent = true;
+    self->fns.head (job, 200, job->replay_type);
+    return s_replay_more (job);
 }
 
 /* ---- public ---- */
@@ -706,7 +801,7 @@ s_serve_cached (runner_job_t *job, const cache_answer_t *hit)
 bool
 runner_job_cached (runner_job_t *job)
 {
-    return job->cached != NULL;
+    return job->from_cache;
 }
 
 cache_stats_t
@@ -734,6 +829,7 @@ job_runner_start (job_runner_t *self, gw_job_t *msg, void *owner)
     job->client_usage = msg->client_usage;
     job->queue_wait_us = msg->queue_wait_us;
     job->api_key_id = msg->api_key_id;
+    job->window = msg->flow_window;
     job->sse.keep_usage_chunk = msg->client_usage;
     job->retry_after_ms = -1;
     job->retry_timer = gw_timer_new (s_on_retry_timer, job);
@@ -758,13 +854,37 @@ job_runner_start (job_runner_t *self, gw_job_t *msg, void *owner)
                            == 0;
     cache_answer_t hit;
     if (job->cache_keyed && job->cache_lookup
-        && response_cache_get (self->cache, job->cache_key, gw_now_ms (), &hit)) {
-        s_serve_cached (job, &hit);
-        return NULL;
-    }
+        && response_cache_get (self->cache, job->cache_key, gw_now_ms (), &hit))
+        return s_serve_cached (job, &hit) ? job : NULL;
     //  A job that failed at once is already ended and freed: the caller must not
     //  keep it.
     return s_attempt (job) ? job : NULL;
+}
+
+/*  Resumes a paused transfer. curl may deliver what it held back at once,
+    from inside this call (s_on_write is not re-entered from a callback). */
+static void
+s_resume (runner_job_t *job)
+{
+    if (!job->paused || !job->easy)
+        return;
+    job->paused = false;
+    curl_easy_pause (job->easy, CURLPAUSE_CONT);
+}
+
+void
+job_runner_acked (job_runner_t *self, runner_job_t *job, uint64_t bytes)
+{
+    (void) self;
+    if (bytes <= job->acked_bytes)
+        return;  //  an older ack, overtaken
+    job->acked_bytes = bytes > job->sent_bytes ? job->sent_bytes : bytes;
+    if (job->sent_bytes - job->acked_bytes >= job->window)
+        return;
+    if (job->replay.len)
+        (void) s_replay_more (job);  //  may end the job
+    else
+        s_resume (job);
 }
 
 void
@@ -773,6 +893,13 @@ job_runner_cancel (job_runner_t *self, runner_job_t *job)
     if (job->cancelled)
         return;
     job->cancelled = true;
+    if (job->replay.len) {
+        //  A cached answer being replayed: nothing to drain, its usage is out.
+        s_finish_error (job, 499, "client_closed", "The client went away.");
+        return;
+    }
+    //  Nobody will take the rest: drain it at the provider's pace for its usage.
+    s_resume (job);
     if (!job->easy || gw_timer_active (job->retry_timer)) {
         //  Between attempts: nothing to drain.
         gw_timer_stop (self->loop, job->retry_timer);

@@ -79,6 +79,10 @@ void job_runner_destroy (job_runner_t **self_p);
     owner and job_id are for the caller's use (runner_job_owner/_id). */
 runner_job_t *job_runner_start (job_runner_t *self, gw_job_t *msg, void *owner);
 
+/*  The ingress says the client has taken bytes of the stream so far (its
+    STREAM_ACK): a transfer paused at its window goes on. */
+void job_runner_acked (job_runner_t *self, runner_job_t *job, uint64_t bytes);
+
 /*  The client is gone: stop relaying, drain for usage, then end as usual. */
 void job_runner_cancel (job_runner_t *self, runner_job_t *job);
 

@@ -148,7 +148,7 @@ main (void)
     price_table_t *prices = price_table_load (prices_path, err, sizeof err);
     if (!prices)
         gw_warn ("main", "no price table, request costs are reported unknown path=%s error=%s", prices_path, err);
-    void *zmq_ctx = zmq_ctx_new ();
+    void *zmq_ctx = gw_proto_context ();
     gw_loop_t *loop = gw_loop_new ();
     provider_table_t *providers = provider_table_new ();
     s_usage_out_t usage = { 0 };

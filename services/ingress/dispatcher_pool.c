@@ -25,6 +25,12 @@ struct pool_job_t {
     dispatcher_pool_t *pool;
     uint64_t api_key_id;
     pool_cache_t cache;
+    //  Flow control of a stream (STREAM_ACK): CHUNK bytes received, how many
+    //  the client has taken, how many its dispatcher was told of; when the
+    //  last CHUNK came, and whether a stalled stream's ack was said again.
+    uint64_t chunk_bytes, taken, acked;
+    int64_t last_chunk_ms;
+    bool ack_repeated;
     bool admitted;  //  tell the done hook when the job goes
     bool ever_dispatched;
     bool attempts_known;  //  the current dispatch's END came back
@@ -271,6 +277,9 @@ s_on_message (dispatcher_pool_t *self, const char *rid, size_t rid_size, gw_msg_
     case GW_MSG_CHUNK:
         if ((job = s_job_of (self, d, msg->chunk.job_id)) && job->client) {
             job->started = true;
+            job->chunk_bytes += msg->chunk.data.size;
+            job->last_chunk_ms = gw_now_ms ();
+            job->ack_repeated = false;
             self->fns.chunk (job->client, msg->chunk.data.data, msg->chunk.data.size);
         }
         break;
@@ -343,6 +352,7 @@ s_dispatch (dispatcher_pool_t *self, pool_job_t *job, dispatcher_t *d)
         .api_key_id = job->api_key_id,
         .cache_lookup = job->cache.lookup,
         .cache_ttl_s = job->cache.ttl_s,
+        .flow_window = job->stream ? self->config.stream_window : 0,
     };
     if (gw_msg_send_as (self->router, d->id, strlen (d->id), &msg, d->version)) {
         job->job_id = 0;
@@ -424,6 +434,8 @@ s_on_queue_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
     gw_timer_start (loop, timer, 25);
 }
 
+static void s_heartbeat_acks (dispatcher_pool_t *self, dispatcher_t *d, int64_t now);
+
 static void
 s_on_heartbeat_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
 {
@@ -438,6 +450,8 @@ s_on_heartbeat_timer (gw_loop_t *loop, gw_timer_t *timer, void *arg)
             zlistx_add_end (dead, d);
         else if (gw_msg_send (self->router, d->id, strlen (d->id), &hb) && errno == EHOSTUNREACH)
             zlistx_add_end (dead, d);
+        else
+            s_heartbeat_acks (self, d, now);
     }
     for (dispatcher_t *d = zlistx_first (dead); d; d = zlistx_next (dead))
         s_dispatcher_lost (self, d, "silent");
@@ -555,6 +569,58 @@ dispatcher_pool_on_done (dispatcher_pool_t *self, pool_done_fn *fn, void *arg)
 {
     self->done_fn = fn;
     self->done_arg = arg;
+}
+
+/*  Tells the job's dispatcher how much of the stream the client has taken.
+    Counted as told only once sent: a failed send is tried again. */
+static void
+s_send_ack (dispatcher_pool_t *self, pool_job_t *job)
+{
+    gw_msg_t msg = { .id = GW_MSG_STREAM_ACK, .stream_ack = { job->job_id, job->taken } };
+    if (gw_msg_send (self->router, job->dispatcher->id, strlen (job->dispatcher->id), &msg) == 0)
+        job->acked = job->taken;
+}
+
+/*  Whether the job's dispatcher runs it with a window (it reads STREAM_ACK). */
+static bool
+s_windowed (dispatcher_pool_t *self, pool_job_t *job)
+{
+    return self->config.stream_window && job->stream && job->dispatcher && job->job_id
+           && job->dispatcher->version >= GW_VERSION_STREAM_ACK;
+}
+
+void
+dispatcher_pool_stream_taken (dispatcher_pool_t *self, pool_job_t *job, uint64_t bytes)
+{
+    if (!s_windowed (self, job) || bytes <= job->taken)
+        return;
+    job->taken = bytes;
+    //  Each half window, not each chunk: a fast client would double the
+    //  messages. The dispatcher pauses a whole window ahead, so it hears of the
+    //  client's progress before it has to stop.
+    if (job->taken - job->acked >= self->config.stream_window / 2)
+        s_send_ack (self, job);
+}
+
+/*  Each heartbeat: progress the dispatcher was not told of goes now (a client
+    that took less than half a window, a send that failed), and a stream that
+    the client has caught up on but that has sent nothing since a few
+    heartbeats hears its ack once more, in case the last one was lost on the
+    way (it may be paused, waiting for it). */
+static void
+s_heartbeat_acks (dispatcher_pool_t *self, dispatcher_t *d, int64_t now)
+{
+    for (pool_job_t *job = zlistx_first (d->jobs); job; job = zlistx_next (d->jobs)) {
+        if (!job->client || !s_windowed (self, job))
+            continue;
+        if (job->taken > job->acked)
+            s_send_ack (self, job);
+        else if (!job->ack_repeated && job->taken && job->taken == job->chunk_bytes
+                 && now - job->last_chunk_ms >= 2 * (int64_t) self->config.heartbeat_ms) {
+            job->ack_repeated = true;
+            s_send_ack (self, job);
+        }
+    }
 }
 
 void
@@ -690,7 +756,7 @@ dispatcher_pool_test (bool verbose)
         printf (" * dispatcher_pool: ");
     void *ctx = zmq_ctx_new ();
     gw_loop_t *loop = gw_loop_new ();
-    pool_config_t config = { "inproc://pool-test", 50, 2, 150 };
+    pool_config_t config = { "inproc://pool-test", 50, 2, 150, 0 };
     pool_client_fns_t fns = { s_test_head, s_test_chunk, s_test_end };
     dispatcher_pool_t *pool = dispatcher_pool_new (loop, ctx, &config, &fns);
     assert (pool);

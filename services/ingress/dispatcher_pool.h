@@ -44,6 +44,7 @@ typedef struct {
     int heartbeat_ms;           //  interval of heartbeats both ways
     int liveness;               //  missed heartbeats before a dispatcher is dead
     int queue_timeout_ms;       //  longest a job waits for a credit before 503
+    uint32_t stream_window;     //  a stream's bytes in flight beyond what its client took; 0 no limit
 } pool_config_t;
 
 dispatcher_pool_t *dispatcher_pool_new (gw_loop_t *loop, void *zmq_ctx, const pool_config_t *config,
@@ -70,6 +71,11 @@ void dispatcher_pool_on_done (dispatcher_pool_t *self, pool_done_fn *fn, void *a
 /*  The client went away: the pool stops calling it. A queued job is dropped; a
     running job is cancelled at its dispatcher (which drains it for usage). */
 void dispatcher_pool_cancel (dispatcher_pool_t *self, pool_job_t *job);
+
+/*  The client has taken bytes of the job's stream so far (CHUNK bytes, in
+    all). Call it at every take: the pool tells the job's dispatcher (STREAM_ACK)
+    each half window, and at the heartbeat what is left. */
+void dispatcher_pool_stream_taken (dispatcher_pool_t *self, pool_job_t *job, uint64_t bytes);
 
 /*  True when at least one live dispatcher is connected. */
 bool dispatcher_pool_ready (dispatcher_pool_t *self);

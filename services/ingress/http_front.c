@@ -81,6 +81,7 @@ typedef struct http_req_t {
     struct MHD_Response *stream;  //  the stream's response, for its trailers
     gw_buf_t out;  //  bytes for the client not yet handed to MHD
     size_t out_off;  //  how much of out MHD already took
+    uint64_t chunk_bytes;  //  CHUNK bytes received: what the client took is this minus out's rest
 } http_req_t;
 
 /*  Said to every unknown, revoked or expired key alike: nothing in it depends on
@@ -247,6 +248,7 @@ s_pool_chunk (void *client, const uint8_t *data, size_t size)
     http_req_t *req = client;
     if (gw_buf_append (&req->out, data, size))
         gw_error ("http", "out of memory request_id=%s", req->request_id);
+    req->chunk_bytes += size;
     s_wake (req);
 }
 
@@ -295,6 +297,18 @@ s_on_job_done (void *arg, const char *request_id, uint64_t api_key_id, bool disp
 
 /* ---- the stream relay ---- */
 
+/*  MHD took bytes of a stream: the pool tells its dispatcher (which pauses a
+    stream a window ahead of what the client took) when it is time. */
+static void
+s_stream_taken (http_req_t *req)
+{
+    if (!req->job)
+        return;
+    uint64_t pending = req->out.len - req->out_off;
+    if (req->chunk_bytes > pending)
+        dispatcher_pool_stream_taken (req->front->pool, req->job, req->chunk_bytes - pending);
+}
+
 static ssize_t
 s_read_stream (void *cls, uint64_t pos, char *buf, size_t max)
 {
@@ -305,6 +319,7 @@ s_read_stream (void *cls, uint64_t pos, char *buf, size_t max)
         size_t n = avail < max ? avail : max;
         memcpy (buf, req->out.data + req->out_off, n);
         req->out_off += n;
+        s_stream_taken (req);
         //  Rewind instead of shifting bytes: the reader usually empties the buffer.
         if (req->out_off == req->out.len)
             req->out_off = req->out.len = 0;
@@ -331,7 +346,9 @@ s_respond (http_req_t *req)
 {
     struct MHD_Response *r;
     if (req->have_head) {
-        r = MHD_create_response_from_callback (MHD_SIZE_UNKNOWN, 16 * 1024, s_read_stream, req, NULL);
+        //  4 KiB: MHD keeps a buffer of this size per stream, and an SSE
+        //  event is a few hundred bytes (16 KiB cost 10,000 streams 120 MB).
+        r = MHD_create_response_from_callback (MHD_SIZE_UNKNOWN, 4 * 1024, s_read_stream, req, NULL);
         MHD_add_response_header (r, "Cache-Control", "no-cache");
         //  Tell buffering proxies in front of us (nginx) to pass events through.
         MHD_add_response_header (r, "X-Accel-Buffering", "no");
@@ -953,6 +970,7 @@ http_front_new (gw_loop_t *loop, dispatcher_pool_t *pool, control_client_t *cont
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, (uint16_t) config->port, NULL,
         NULL, s_on_request, self, MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, NULL, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_NOTIFY_COMPLETED,
         s_on_completed, self, MHD_OPTION_CONNECTION_LIMIT, (unsigned int) 65536,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, config->conn_memory_bytes,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) config->idle_timeout_s,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int) 1, MHD_OPTION_END);
     if (!self->daemon) {

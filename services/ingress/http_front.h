@@ -26,6 +26,7 @@ typedef struct {
     int port;               //  0 picks a free port
     size_t max_body_bytes;  //  larger bodies get 413
     int idle_timeout_s;     //  idle keep-alive connections are closed after this
+    size_t conn_memory_bytes;  //  GW_HTTP_CONN_MEMORY_BYTES: MHD's memory per connection (headers, buffers)
     bool auth;              //  require gateway keys (GW_AUTH=keys)
     const char *admin_key;  //  GW_ADMIN_KEY; NULL: the admin API is disabled
     const char *currency;  //  GW_CURRENCY, for the cost (0) of requests refused before any call

@@ -47,12 +47,14 @@ main (void)
         .heartbeat_ms = (int) gw_env_int ("GW_HEARTBEAT_MS", 1000, 10, 60000),
         .liveness = (int) gw_env_int ("GW_HEARTBEAT_LIVENESS", 3, 2, 100),
         .queue_timeout_ms = (int) gw_env_int ("GW_QUEUE_TIMEOUT_MS", 10000, 1, 3600000),
+        .stream_window = (uint32_t) gw_env_int ("GW_STREAM_WINDOW_BYTES", 4096, 0, 64 << 20),
     };
     http_config_t http_config = {
         .host = gw_env_str ("GW_HTTP_HOST", "127.0.0.1"),
         .port = (int) gw_env_int ("GW_HTTP_PORT", 8080, 0, 65535),
         .max_body_bytes = (size_t) gw_env_int ("GW_MAX_BODY_BYTES", 4 * 1024 * 1024, 1024, 60 << 20),
         .idle_timeout_s = (int) gw_env_int ("GW_HTTP_IDLE_TIMEOUT_S", 300, 1, 86400),
+        .conn_memory_bytes = (size_t) gw_env_int ("GW_HTTP_CONN_MEMORY_BYTES", 8192, 4096, 1 << 20),
         .admin_key = gw_env_str ("GW_ADMIN_KEY", NULL),
         .currency = gw_env_str ("GW_CURRENCY", "CNY"),
         .cache_ttl_s = (uint32_t) gw_env_int ("GW_CACHE_TTL_S", 300, 1, CACHE_TTL_MAX_S),
@@ -69,7 +71,7 @@ main (void)
     }
     if (!http_config.auth)
         gw_warn ("main", "GW_AUTH=none: requests are not authenticated, limited or attributed to keys");
-    void *zmq_ctx = zmq_ctx_new ();
+    void *zmq_ctx = gw_proto_context ();
     gw_loop_t *loop = gw_loop_new ();
     dispatcher_pool_t *pool = loop ? dispatcher_pool_new (loop, zmq_ctx, &pool_config, &http_front_pool_fns) : NULL;
     //  Keys, admissions, reports and the admin API are accounting's. Without
