@@ -326,10 +326,13 @@ def test_silent_dispatcher_and_host_disk():
             assert ks.sql("SELECT count(*) FROM instances WHERE kind = 'dispatcher'") == "1"
             # the ingresses report their host too (one may be alone on a host),
             # under a stable name: host:port
+            # (every 2 s: the dispatcher's 200 ms reports may raise the alert first)
             port = ks.url.rsplit(":", 1)[1]
-            assert ks.sql(f"SELECT count(*) FROM instances WHERE kind = 'ingress' AND host <> ''"
-                          f" AND instance LIKE '%:{port}' AND disk_permille > 0") == "1"
-            assert ks.sql("SELECT count(*) FROM instances WHERE kind = 'ingress'") == "2"
+            wait_for(lambda: ks.sql(f"SELECT count(*) FROM instances WHERE kind = 'ingress' AND host <> ''"
+                                    f" AND instance LIKE '%:{port}' AND disk_permille > 0") == "1", 10,
+                     "the first ingress's row, with its host and disk")
+            wait_for(lambda: ks.sql("SELECT count(*) FROM instances WHERE kind = 'ingress'") == "2", 10,
+                     "both ingresses' rows")
             # an ingress and a dispatcher stopped cleanly say so: gone, not silent
             live = "SELECT count(*) FROM instances WHERE left_at IS NULL AND kind = "
             ks.stack.ingresses[1].stop()

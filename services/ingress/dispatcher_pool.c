@@ -13,6 +13,7 @@
 typedef struct {
     char *id;  //  routing id, printable (dispatchers set their own)
     uint32_t version;  //  protocol of its HELLO: JOBs go out in a shape it reads
+    uint64_t id_hash;  //  of its id, for the response cache's affinity (s_pick)
     uint32_t credits;
     bool leaving;  //  said BYE: finishes its jobs, takes no new ones
     int64_t last_seen_ms;
@@ -195,6 +196,27 @@ s_send_reset (dispatcher_pool_t *self, const char *rid, size_t rid_size)
     gw_msg_send (self->router, rid, rid_size, &msg);
 }
 
+/*  FNV-1a over bytes, from a seed; and a 64-bit finaliser (splitmix64) so that
+    nearby inputs score far apart. */
+static uint64_t
+s_hash (const void *data, size_t size, uint64_t seed)
+{
+    uint64_t h = 14695981039346656037ULL ^ seed;
+    const uint8_t *p = data;
+    for (size_t i = 0; i < size; i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return h;
+}
+
+static uint64_t
+s_mix (uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
 static void
 s_on_hello (dispatcher_pool_t *self, const char *rid, dispatcher_t *d, gw_msg_t *msg)
 {
@@ -207,6 +229,7 @@ s_on_hello (dispatcher_pool_t *self, const char *rid, dispatcher_t *d, gw_msg_t 
     d->jobs = zlistx_new ();
     d->credits = msg->hello.credits;
     d->version = msg->version;
+    d->id_hash = s_hash (rid, strlen (rid), 0);
     d->last_seen_ms = gw_now_ms ();
     //  The lists move from the message to the dispatcher.
     d->models = msg->hello.models;
@@ -368,12 +391,25 @@ s_dispatch (dispatcher_pool_t *self, pool_job_t *job, dispatcher_t *d)
 
 /*  The live dispatcher serving model with the most credits, so load spreads. */
 static dispatcher_t *
-s_pick (dispatcher_pool_t *self, const char *model)
+s_pick (dispatcher_pool_t *self, pool_job_t *job)
 {
+    //  Each dispatcher keeps its own response cache: a job that may use or
+    //  fill it goes to the dispatcher its key and body hash highest with
+    //  (rendezvous hashing), so the same request finds its answer again there,
+    //  and the rest still spread when dispatchers come and go.
+    bool cacheable = job->cache.lookup || job->cache.ttl_s;
+    uint64_t key = cacheable ? s_hash (job->body, job->body_size, job->api_key_id) : 0;
     dispatcher_t *best = NULL;
-    for (dispatcher_t *d = zhashx_first (self->dispatchers); d; d = zhashx_next (self->dispatchers))
-        if (d->credits && (!best || d->credits > best->credits) && s_serves (d, model))
+    uint64_t best_score = 0;
+    for (dispatcher_t *d = zhashx_first (self->dispatchers); d; d = zhashx_next (self->dispatchers)) {
+        if (!d->credits || !s_serves (d, job->model))
+            continue;
+        uint64_t score = cacheable ? s_mix (key ^ d->id_hash) : d->credits;
+        if (!best || score > best_score) {
             best = d;
+            best_score = score;
+        }
+    }
     return best;
 }
 
@@ -394,7 +430,7 @@ s_drain_queue (dispatcher_pool_t *self)
     for (pool_job_t *job = zlistx_first (self->queue); job; job = zlistx_next (self->queue)) {
         if (!s_any_credit (self))
             return;
-        dispatcher_t *d = s_pick (self, job->model);
+        dispatcher_t *d = s_pick (self, job);
         if (!d)
             continue;
         if (s_dispatch (self, job, d) == 0)
@@ -842,6 +878,65 @@ dispatcher_pool_test (bool verbose)
 
     zmq_close (dealer);
     dispatcher_pool_destroy (&pool);
+    dispatcher_pool_destroy (&pool);
+
+    //  The response cache's affinity: with two dispatchers, one of them with
+    //  more credits, plain jobs go to the one with more; cacheable jobs spread
+    //  by their body, and the same body goes to the same dispatcher each time.
+    config.endpoint = "inproc://pool-affinity";
+    pool = dispatcher_pool_new (loop, ctx, &config, &fns);
+    void *dealers[2];
+    const char *names[2] = { "d-many", "d-few" };
+    for (int i = 0; i < 2; i++) {
+        dealers[i] = zmq_socket (ctx, ZMQ_DEALER);
+        zmq_setsockopt (dealers[i], ZMQ_ROUTING_ID, names[i], strlen (names[i]));
+        zmq_connect (dealers[i], "inproc://pool-affinity");
+        msg = (gw_msg_t) { .id = GW_MSG_HELLO };
+        msg.hello.dispatcher_id = (char *) names[i];
+        msg.hello.credits = i == 0 ? 64 : 32;
+        gw_strlist_append (&msg.hello.models, "m");
+        gw_msg_send (dealers[i], NULL, 0, &msg);
+        gw_strlist_clear (&msg.hello.models);
+    }
+    s_test_spin (loop, 20);
+    //  Each round: 16 cacheable bodies, then a plain job; where each JOB went.
+    char first[16] = { 0 };
+    s_test_client_t clients[17];
+    for (int round = 0; round < 2; round++) {
+        memset (clients, 0, sizeof clients);
+        for (int k = 0; k < 17; k++) {
+            char body[32], rid[32];
+            snprintf (body, sizeof body, "{\"n\":%d}", k);
+            snprintf (rid, sizeof rid, "aff-%d-%d", round, k);
+            dispatcher_pool_submit (pool, &clients[k], rid, "m", false, false, body, strlen (body), 9, false,
+                                    k < 16 ? (pool_cache_t) { true, 60 } : (pool_cache_t) { 0 });
+        }
+        s_test_spin (loop, 20);
+        int got[2] = { 0, 0 };
+        for (int i = 0; i < 2; i++)
+            while (s_test_recv (dealers[i], &in)) {
+                if (in.id == GW_MSG_JOB) {
+                    int k = atoi (in.job.request_id + strlen ("aff-0-"));
+                    got[i]++;
+                    if (k == 16)
+                        assert (i == 0);  //  plain: the most credits
+                    else if (round == 0)
+                        first[k] = (char) ('a' + i);
+                    else
+                        assert (first[k] == 'a' + i);  //  the same body, the same dispatcher
+                    msg = (gw_msg_t) { .id = GW_MSG_END, .end = { .job_id = in.job.job_id, .status = 200 } };
+                    gw_msg_send (dealers[i], NULL, 0, &msg);
+                }
+                gw_msg_clear (&in);
+            }
+        //  Both took some of the cacheable ones (2^-15 odds that one takes all 16).
+        assert (got[0] + got[1] == 17 && got[0] > 1 && got[1] > 0);
+        s_test_spin (loop, 20);
+        for (int k = 0; k < 17; k++)
+            assert (clients[k].ends == 1);
+    }
+    for (int i = 0; i < 2; i++)
+        zmq_close (dealers[i]);
     dispatcher_pool_destroy (&pool);
     gw_loop_destroy (&loop);
     zmq_ctx_term (ctx);
