@@ -804,12 +804,6 @@ runner_job_cached (runner_job_t *job)
     return job->from_cache;
 }
 
-cache_stats_t
-job_runner_cache_stats (job_runner_t *self)
-{
-    return response_cache_stats (self->cache);
-}
-
 runner_job_t *
 job_runner_start (job_runner_t *self, gw_job_t *msg, void *owner)
 {

@@ -89,8 +89,6 @@ void job_runner_cancel (job_runner_t *self, runner_job_t *job);
 void *runner_job_owner (runner_job_t *job);
 /*  The job is answered from the response cache (so are its HEAD and END). */
 bool runner_job_cached (runner_job_t *job);
-/*  The response cache's figures. */
-cache_stats_t job_runner_cache_stats (job_runner_t *self);
 /*  The ingress job id; 0 once the owner marked the job forgotten by its ingress. */
 uint64_t runner_job_id (runner_job_t *job);
 void runner_job_forget (runner_job_t *job);
