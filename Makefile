@@ -41,7 +41,9 @@ $(OBJ)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BIN)/ingress: $(call obj_of,services/ingress/main.c $(INGRESS_SRC) $(LIB_SRC))
+# The ingress can run a dispatcher on a thread (GW_LOCAL_DISPATCHER=1): it links
+# the dispatcher's modules too.
+$(BIN)/ingress: $(call obj_of,services/ingress/main.c $(INGRESS_SRC) $(DISPATCHER_SRC) $(LIB_SRC))
 	@mkdir -p $(BIN)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
@@ -67,6 +69,7 @@ $(BIN)/gw-keys: $(call obj_of,tools/gw-keys/main.c $(LIB_SRC))
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 $(OBJ)/tools/usage-gen/main.o: CFLAGS += -Iservices/dispatcher -Iservices/accounting
+$(OBJ)/services/ingress/main.o: CFLAGS += -Iservices/dispatcher
 
 $(BIN)/alerter: $(call obj_of,services/alerter/main.c $(ALERTER_SRC) $(LIB_SRC))
 	@mkdir -p $(BIN)

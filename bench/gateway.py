@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
 """The gateway side by side with what users would otherwise run (issue 6): `make bench`.
 
-One run, one machine, one mock upstream answering at once (bin/mock-upstream), four
+One run, one machine, one mock upstream answering at once (bin/mock-upstream), the
 targets in front of it, all on 127.0.0.1 (bench/targets.py):
 
   mock     the mock directly: the floor
   nginx    Debian's nginx, a plain reverse proxy with upstream keep-alive
   portkey  the Portkey gateway from npm (@portkey-ai/gateway), openai provider with
            a custom host: the mock
-  gateway  ours with usage accounting on: PostgreSQL (fsync on), accounting, alerter,
-           one dispatcher, one ingress with GW_AUTH=keys and a key without limits
-  gateway-cache  "gateway (cache hit)" in the tables: the same gateway, every request
-           with X-Gateway-Cache: use, answered from the dispatcher's response cache.
+  gateway  ours with usage accounting on, as make run starts it: PostgreSQL (fsync on),
+           accounting, alerter, one ingress with GW_AUTH=keys and a key without limits,
+           its dispatcher on a thread of the ingress (GW_LOCAL_DISPATCHER=1): three
+           processes for the four services. Issue 6's targets are computed from it.
+  gateway-split  "gateway (split)" in the tables: a second stack of ours, the same but
+           for the dispatcher, a process of its own joined over tcp on loopback
+           (GW_LOCAL_DISPATCHER=0): what the local dispatcher buys
+  gateway-cache  "gateway (cache hit)" in the tables: the very stack of "gateway", every
+           request with X-Gateway-Cache: use, answered from the dispatcher's response cache.
            Before each of its points one request (re)fills the cache, then the mock's
            request counter (GET /mock/stats) must not move during the point: the run
            fails otherwise. Its points last --cache-seconds.
@@ -23,12 +28,13 @@ hits all alike, and medians over rounds are reported. Per point: req/s, latency
 p50/p90/p99, latency added over the mock at the same concurrency, CPU seconds of the
 target's processes per 1,000 requests and their peak memory. Then the time to first
 byte of streams (a sequential client: wrk cannot see it), and the check of 10,000
-concurrent streams against our gateway (the mock sending a token every 50 ms).
+concurrent streams against our gateway (the mock sending a token every 50 ms), after
+the idle memory of the split layout on a stack of its own.
 
 Results: bench/gateway-results.json, and the section "## Gateway versus peers (issue 6)"
 of bench/RESULTS.md, replaced on each run.
 
-    python3 bench/gateway.py                 # everything (make bench), about 8 minutes
+    python3 bench/gateway.py                 # everything (make bench), about 11 minutes
     python3 bench/gateway.py --streams 10000 # only the concurrent-streams check (writes
                                              # bench/gateway-streams-results.json)
     python3 bench/gateway.py --rounds 1 --seconds 2 --concurrency 1,16 --no-streams --no-write   # a quick look
@@ -63,12 +69,14 @@ import targets  # noqa: E402
 
 SECTION = "## Gateway versus peers (issue 6)"
 PROGRAMS = ("mock-upstream", "ingress", "dispatcher", "accounting", "alerter")
-TARGETS = ("mock", "nginx", "portkey", "gateway", "gateway-cache")
+TARGETS = ("mock", "nginx", "portkey", "gateway", "gateway-split", "gateway-cache")
+SPLIT = targets.Gateway.SPLIT_NAME
 CACHED = "gateway-cache"
-LABELS = {CACHED: targets.CachedGateway.label}
+LABELS = {SPLIT: targets.Gateway.SPLIT_LABEL, CACHED: targets.CachedGateway.label}
 # The ingress's default TTL of cached answers (GW_CACHE_TTL_S) for the bench's gateway:
 # longer than any run, so that no entry expires in the middle of a point. It applies only
-# to requests that ask for the cache: the "gateway" row's requests never touch it.
+# to requests that ask for the cache: the "gateway" and "gateway (split)" rows' requests
+# never touch it.
 CACHE_TTL_S = "7200"
 HELLO = [{"role": "user", "content": "Hello"}]
 BODIES = {
@@ -79,7 +87,6 @@ BODIES = {
 # target that held the stream back until its end would show it.
 TTFB_BODY = json.dumps({"model": "deepseek-chat", "stream": True,
                         "messages": [{"role": "user", "content": "Hello [[mock tokens=2 token_ms=5]]"}]})
-SERVICES = ("ingress", "dispatcher", "accounting", "alerter")
 # Issue 6's targets.
 ADDED_P50_C1_US = 100
 ADDED_P99_C16_US = 1000
@@ -167,20 +174,36 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+def idle_memory(gw):
+    """RSS of a fresh gateway's services at rest, after two streamed requests: per
+    process (as gw.services() names them), their sum and Pss, and PostgreSQL's."""
+    for _ in range(2):
+        load.ttfb(gw.url, gw.headers, TTFB_BODY, 1)
+    time.sleep(1)
+    pids = gw.services()
+    idle = {part: procstat.memory_kib([pid])["rss"] for part, pid in pids.items()}
+    return {"processes": len(pids), "idle_kib": idle, "idle_services_kib": sum(idle.values()),
+            "idle_services_pss_kib": procstat.pss_kib(list(pids.values())),
+            "idle_postgres_kib": procstat.memory_kib([gw.db.pid])["rss"]}
+
+
 def streams_check(mock, bin_dir, n, tokens, quiet_ms, deadline_s, pending):
-    """Our gateway with n concurrent streams (a token every 50 ms): errors and memory."""
+    """Our gateway (make run's layout) with n concurrent streams (a token every 50 ms):
+    errors and memory; before it, the split layout's idle memory, measured alike."""
     # One ingress sends a dispatcher at most GW_DISPATCHER_SLOTS jobs at a time (256
     # by default): n streams at once need n slots.
     denv = {"GW_DISPATCHER_SLOTS": str(max(n, 256))}
+    # A stack of its own with the same settings, stopped before the check starts, so
+    # that the two layouts' idle figures differ in the layout alone.
+    split = targets.Gateway(mock, bin_dir, dispatcher_env=denv, local=False)
+    try:
+        split_idle = idle_memory(split)
+    finally:
+        split.stop()
     gw = targets.Gateway(mock, bin_dir, dispatcher_env=denv)
     try:
-        for _ in range(2):
-            load.ttfb(gw.url, gw.headers, TTFB_BODY, 1)
-        time.sleep(1)
-        idle = {name: procstat.memory_kib([gw.pid(name)])["rss"] for name in SERVICES}
-        idle_pss = procstat.pss_kib([gw.pid(name) for name in SERVICES])
-        idle_pg = procstat.memory_kib([gw.db.pid])["rss"]
-        front = [gw.pid("ingress"), gw.pid("dispatcher")]
+        idle = idle_memory(gw)
+        front = gw.front()
         idle_front = procstat.memory_kib(front)["rss"]
 
         progress = [0]
@@ -192,7 +215,7 @@ def streams_check(mock, bin_dir, n, tokens, quiet_ms, deadline_s, pending):
                 active = None
             kib = procstat.memory_kib(front)["rss"]
             if time.monotonic() >= progress[0]:
-                say(f"streams: {open_now:,} open, ingress + dispatcher {kib / 1024:,.0f} MB, {active} at the mock")
+                say(f"streams: {open_now:,} open, {gw.front_label()} {kib / 1024:,.0f} MB, {active} at the mock")
                 progress[0] = time.monotonic() + 5
             return {"front_kib": kib, "mock_active": active}
 
@@ -213,14 +236,14 @@ def streams_check(mock, bin_dir, n, tokens, quiet_ms, deadline_s, pending):
         res["tokens_per_s_nominal"] = n * 20
         peak = max((s for s in res["samples"]), key=lambda s: s["value"]["front_kib"], default=None)
         time.sleep(2)
+        res.update(idle)
         res.update({
-            "tokens": tokens, "quiet_ms": quiet_ms, "slots": denv["GW_DISPATCHER_SLOTS"], "idle_kib": idle,
-            "idle_postgres_kib": idle_pg,
-            "idle_services_kib": sum(idle.values()), "idle_services_pss_kib": idle_pss,
-            "idle_front_kib": idle_front,
+            "tokens": tokens, "quiet_ms": quiet_ms, "slots": denv["GW_DISPATCHER_SLOTS"],
+            "front": gw.front_label(), "idle_front_kib": idle_front,
             "peak_front_kib": peak["value"]["front_kib"] if peak else None,
             "mock_max_active": max((s["value"]["mock_active"] or 0 for s in res["samples"]), default=0),
-            "after_kib": {name: procstat.memory_kib([gw.pid(name)])["rss"] for name in SERVICES}})
+            "after_kib": {part: procstat.memory_kib([pid])["rss"] for part, pid in gw.services().items()},
+            "split_idle": split_idle})
         res["kib_per_stream"] = ((res["peak_front_kib"] - idle_front) / res["max_open"]
                                  if peak and res["max_open"] else None)
         return res
@@ -333,12 +356,20 @@ def checks(med, streams):
         kib = streams["kib_per_stream"]
         if kib is not None:
             rows.append((f"ingress + dispatcher memory above idle: at most {STREAM_KIB} KiB per stream",
-                         f"{kib:,.1f} KiB per stream ({held:,} streams)", kib <= STREAM_KIB,
+                         f"{kib:,.1f} KiB per stream ({held:,} streams; "
+                         f"{streams.get('front', 'ingress + dispatcher')})", kib <= STREAM_KIB,
                          f"{kib - STREAM_KIB:+,.1f} KiB"))
-        idle = streams["idle_services_kib"] / 1024
-        rows.append((f"the four services idle: under {IDLE_MB} MB together",
-                     f"{idle:,.1f} MB (" + ", ".join(f"{k} {v / 1024:.1f}" for k, v in streams["idle_kib"].items())
-                     + ")", idle < IDLE_MB, f"{idle - IDLE_MB:+,.1f} MB"))
+        # make run's layout is the target's; the split layout's figure follows it, so
+        # that the one is not read as the other.
+        for x, layout in ((streams, "make run's layout"),
+                          (streams.get("split_idle"), "split layout, GW_LOCAL_DISPATCHER=0")):
+            if not x:
+                continue
+            idle = x["idle_services_kib"] / 1024
+            rows.append((f"the four services idle ({layout}: {x.get('processes', 4)} processes): under {IDLE_MB} MB "
+                         "together",
+                         f"{idle:,.1f} MB (" + ", ".join(f"{k} {v / 1024:.1f}" for k, v in x["idle_kib"].items())
+                         + ")", idle < IDLE_MB, f"{idle - IDLE_MB:+,.1f} MB"))
     return rows
 
 
@@ -400,6 +431,19 @@ def markdown(res):
                            f"| {fmt_us(x['p99_us'])} | {'' if floor else fmt_added(x.get('added_p50_us'))} "
                            f"| {'' if floor else fmt_added(x.get('added_p99_us'))} | {x['cpu_s_per_1k']:.3f} "
                            f"| {x['peak_kib'] / 1024:,.1f} | {x['errors']:,} |")
+    # What the local dispatcher buys: make run's layout against the split one, per point.
+    vs_split = []
+    for mode, by_c in res["median"].items():
+        pairs = {c: (by_t["gateway"], by_t[SPLIT]) for c, by_t in by_c.items() if "gateway" in by_t and SPLIT in by_t}
+        bits = [f"p50 {fmt_added(g['p50_us'] - sp['p50_us'])} µs at concurrency 1"
+                for c, (g, sp) in pairs.items() if c == "1"]
+        bits += [f"req/s ×{g['rps'] / sp['rps']:.2f} at {c}" for c, (g, sp) in pairs.items() if c != "1" and sp["rps"]]
+        if bits:
+            vs_split.append(f"{mode}: " + ", ".join(bits))
+    if vs_split:
+        out += ["", f"**What the local dispatcher buys**: gateway against {label(SPLIT)} (the same settings, the "
+                "dispatcher a process of its own; see How to read it), medians of this run: "
+                + "; ".join(vs_split) + "."]
     cc = res.get("cache_check")
     if cc:
         out += ["", f"**{label(CACHED)}** is our gateway above (the same processes and key) with `X-Gateway-Cache: "
@@ -436,7 +480,7 @@ def markdown(res):
             x = res["ttfb"].get(t)
             if x:
                 added = "" if t == "mock" or floor is None or x["p50_us"] is None else fmt_added(x["p50_us"] - floor)
-                out.append(f"| {t} | {fmt_us(x['p50_us'])} | {fmt_us(x['p90_us'])} | {fmt_us(x['p99_us'])} | "
+                out.append(f"| {label(t)} | {fmt_us(x['p50_us'])} | {fmt_us(x['p90_us'])} | {fmt_us(x['p99_us'])} | "
                            f"{added} | {x['errors']} |")
     out += ["", "### Memory", "",
             "RSS when idle (after one request of each kind, before any load) and the peak (VmHWM) over the points, "
@@ -448,15 +492,16 @@ def markdown(res):
         points = [by_c[c][t] for by_c in res["median"].values() for c in by_c if t in by_c[c]]
         parts = res["idle_parts_kib"][t]
         if len(parts) > 1:
-            out.append(f"| {t} | all | {res['idle_kib'][t] / 1024:,.1f} | "
+            out.append(f"| {label(t)} | all | {res['idle_kib'][t] / 1024:,.1f} | "
                        f"{max((x['peak_kib'] for x in points), default=0) / 1024:,.1f} |")
         for part, idle in parts.items():
             peak = max((x["peak_parts_kib"].get(part, 0) for x in points), default=0)
-            out.append(f"| {t if len(parts) == 1 else ''} | {part} | {idle / 1024:,.1f} | {peak / 1024:,.1f} |")
+            out.append(f"| {label(t) if len(parts) == 1 else ''} | {part} | {idle / 1024:,.1f} | {peak / 1024:,.1f} |")
     st = res.get("streams")
     if st:
         out += ["", f"### {st['streams']:,} concurrent streams", "",
-                f"Our gateway alone (a stack of its own, `GW_DISPATCHER_SLOTS={st['slots']}`, other settings default), "
+                f"Our gateway alone, in make run's layout (a stack of its own, `GW_DISPATCHER_SLOTS={st['slots']}`, "
+                "other settings default), "
                 f"{st['streams']:,} streamed requests opened together by one epoll client (bench/load.py), each "
                 f"`[[mock first_byte_ms={st['quiet_ms']} token_ms=50 tokens={st['tokens']}]]`: the mock sends "
                 f"the headers at once, keep-alive comments for {st['quiet_ms'] / 1000:.0f} s (as DeepSeek does while "
@@ -474,17 +519,30 @@ def markdown(res):
                 + (" (" + ", ".join(f"{k}: {v:,}" for k, v in st['errors'].items()) + ")" if st['errors'] else "")
                 + " |",
                 f"| most open at once (client side / at the mock) | {st['max_open']:,} / {st['mock_max_active']:,} |",
-                f"| ingress + dispatcher RSS: idle / peak | {st['idle_front_kib'] / 1024:,.1f} MB / "
-                f"{(st['peak_front_kib'] or 0) / 1024:,.1f} MB |",
+                f"| {st.get('front', 'ingress + dispatcher')} RSS: idle / peak | "
+                f"{st['idle_front_kib'] / 1024:,.1f} MB / {(st['peak_front_kib'] or 0) / 1024:,.1f} MB |",
                 f"| above idle, per open stream | {st['kib_per_stream'] or 0:,.1f} KiB |",
-                f"| idle RSS of the four services | {st['idle_services_kib'] / 1024:,.1f} MB ("
+                f"| idle RSS of the four services ({st.get('processes', 4)} processes) | "
+                f"{st['idle_services_kib'] / 1024:,.1f} MB ("
                 + ", ".join(f"{k} {v / 1024:.1f}" for k, v in st["idle_kib"].items())
                 + f"; PostgreSQL not counted: {st['idle_postgres_kib'] / 1024:,.0f} MB). Pss, shared library pages "
-                f"divided among the processes: {st['idle_services_pss_kib'] / 1024:,.1f} MB |",
-                f"| RSS 2 s after the streams | " + ", ".join(f"{k} {v / 1024:.1f}" for k, v in st["after_kib"].items())
-                + " MB |",
+                f"divided among the processes: {st['idle_services_pss_kib'] / 1024:,.1f} MB |"]
+        sp = st.get("split_idle")
+        if sp:
+            out.append(f"| the same, split layout ({sp['processes']} processes: `GW_LOCAL_DISPATCHER=0`, a stack of "
+                       f"its own started and measured alike before the check) | "
+                       f"{sp['idle_services_kib'] / 1024:,.1f} MB ("
+                       + ", ".join(f"{k} {v / 1024:.1f}" for k, v in sp["idle_kib"].items())
+                       + f"). Pss: {sp['idle_services_pss_kib'] / 1024:,.1f} MB |")
+        out += [f"| RSS 2 s after the streams | "
+                + ", ".join(f"{k} {v / 1024:.1f}" for k, v in st["after_kib"].items()) + " MB |",
                 "| CPU seconds during the check | " + ", ".join(f"{k} {v}" for k, v in st["cpu_s"].items()) + " |"]
     out += ["", "### How to read it", "",
+            "- **gateway** runs as make run starts it: the dispatcher on a thread of the ingress, joined over "
+            "inproc (`GW_LOCAL_DISPATCHER=1`), three processes for the four services, so its memory rows show "
+            "\"ingress (with its dispatcher)\". **gateway (split)** runs the dispatcher as a process of its own, "
+            "joined over tcp on loopback (`GW_LOCAL_DISPATCHER=0`): four processes. Both stacks (each with its "
+            "own PostgreSQL) are up during the rounds; the one not measured idles.",
             "- **CPU s / 1k req** is the user + system CPU time of the target's own processes (those of the memory "
             "table) during "
             "the point, per 1,000 completed requests. The mock's and wrk's are not in it (they are in the JSON: "
@@ -557,7 +615,8 @@ def main():
     ap.add_argument("--mock-threads", default="2", help="MOCK_THREADS of the mock upstream (see RESULTS.md)")
     ap.add_argument("--ttfb", type=int, default=100, help="streamed requests per target and round (0: none)")
     ap.add_argument("--streams", type=int, default=None, metavar="N",
-                    help="run only the check of N concurrent streams against our gateway")
+                    help="run only the check of N concurrent streams against our gateway (and the split "
+                         "layout's idle memory)")
     ap.add_argument("--full-streams", type=int, default=10000, metavar="N",
                     help="streams in the check that ends a full run (default 10000)")
     ap.add_argument("--no-streams", action="store_true", help="a full run without the concurrent-streams check")
@@ -626,6 +685,10 @@ def main():
             up["portkey"] = targets.Portkey(mock)
         if "gateway" in names or CACHED in names:
             up["gateway"] = targets.Gateway(mock, bin_dir, ingress_env={"GW_CACHE_TTL_S": CACHE_TTL_S})
+        if SPLIT in names:
+            # The same settings as "gateway" (the TTL too, unused by its requests): only
+            # the layout differs.
+            up[SPLIT] = targets.Gateway(mock, bin_dir, ingress_env={"GW_CACHE_TTL_S": CACHE_TTL_S}, local=False)
         gateway = up.get("gateway")
         cached = targets.CachedGateway(gateway) if CACHED in names else None
         avail = dict(up, **({CACHED: cached} if cached else {}))
@@ -730,7 +793,7 @@ def main():
             for name, x in res["ttfb"].items():
                 say(f"ttfb {name:8s} p50 {fmt_us(x['p50_us'])} p90 {fmt_us(x['p90_us'])} p99 {fmt_us(x['p99_us'])} µs"
                     f"  (whole stream p50 {fmt_us(x['total_p50_us'])} µs)  errors {x['errors']}")
-        for name in ("gateway", "portkey", "nginx"):
+        for name in (SPLIT, "gateway", "portkey", "nginx"):
             if name in up:
                 up.pop(name).stop()
         if not args.no_streams and args.full_streams:
@@ -739,7 +802,8 @@ def main():
             s = res["streams"]
             say(f"streams: {s['completed']:,}/{s['streams']:,} completed, errors {s['errors']}, "
                 f"{s['max_open']:,} open at once at most, {s['kib_per_stream'] or 0:.1f} KiB per stream, "
-                f"idle services {s['idle_services_kib'] / 1024:.1f} MB")
+                f"idle services {s['idle_services_kib'] / 1024:.1f} MB in {s['processes']} processes "
+                f"({s['split_idle']['idle_services_kib'] / 1024:.1f} MB in {s['split_idle']['processes']} split)")
         med = res["median"]
 
         def ratio(mode, c, a, b):
@@ -752,6 +816,7 @@ def main():
             res["ratios"][f"gateway / nginx req/s at c64, {mode}"] = ratio(mode, 64, "gateway", "nginx")
             res["ratios"][f"gateway / Portkey req/s at c64, {mode}"] = ratio(mode, 64, "gateway", "portkey")
             res["ratios"][f"{label(CACHED)} / gateway req/s at c64, {mode}"] = ratio(mode, 64, CACHED, "gateway")
+            res["ratios"][f"gateway / {label(SPLIT)} req/s at c64, {mode}"] = ratio(mode, 64, "gateway", SPLIT)
         res["checks"] = checks(med, res.get("streams"))
         res["elapsed_s"] = round(time.monotonic() - started)
         say("")

@@ -7,8 +7,11 @@
                                   installed under bench/.peers/portkey), openai provider
                                   with x-portkey-custom-host pointing at the mock
     Gateway(mock, bin_dir, ...)   ours: private PostgreSQL (tests/pg.py), accounting,
-                                  alerter, one dispatcher, one ingress with GW_AUTH=keys
-                                  and a gateway key without limits or budget
+                                  alerter, one ingress with GW_AUTH=keys and a gateway
+                                  key without limits or budget, one dispatcher: on a
+                                  thread of the ingress as make run starts it (local=True,
+                                  GW_LOCAL_DISPATCHER=1), or a process of its own
+                                  (local=False, "gateway (split)")
     CachedGateway(gateway)        the same running gateway, every request carrying
                                   X-Gateway-Cache: use, so that it is answered from the
                                   dispatcher's response cache (a hit) once warmed
@@ -16,7 +19,8 @@
 Each has .name, .url (the base: requests go to url + "/v1/chat/completions"),
 .headers (what a client sends besides Content-Type), .roots() (the pids whose process
 trees make up the target, for procstat), .parts() (the same per component) and
-.stop(). ensure_nginx() and ensure_portkey() install what is missing.
+.stop(). A Gateway also has .services() and .front() (its processes by service, see
+there) and .label. ensure_nginx() and ensure_portkey() install what is missing.
 """
 
 import http.client
@@ -236,10 +240,26 @@ class Portkey:
 
 
 class Gateway:
-    """Ours, with usage accounting on, as make run starts it (defaults unless env says)."""
-    name = "gateway"
+    """Ours, with usage accounting on, as make run starts it (defaults unless env says).
 
-    def __init__(self, mock, bin_dir, dispatcher_env=None, ingress_env=None):
+    local=True, make run's default (GW_LOCAL_DISPATCHER=1): the ingress runs its
+    dispatcher on a thread, joined over inproc, and gets the dispatcher's environment
+    too; three processes for the four services. local=False, the split layout
+    (GW_LOCAL_DISPATCHER=0): a dispatcher process of its own, joined to the ingress's
+    GW_JOBS_BIND over tcp on loopback; four processes. dispatcher_env goes to
+    whichever process runs the dispatcher."""
+    name = "gateway"
+    label = "gateway"
+    SPLIT_NAME = "gateway-split"
+    SPLIT_LABEL = "gateway (split)"
+    # The ingress's part in services() and parts() when its dispatcher runs inside it:
+    # its figures are both services'.
+    LOCAL_INGRESS = "ingress (with its dispatcher)"
+
+    def __init__(self, mock, bin_dir, dispatcher_env=None, ingress_env=None, local=True):
+        self.local = local
+        if not local:
+            self.name, self.label = self.SPLIT_NAME, self.SPLIT_LABEL
         self.admin_key = "adm-" + secrets.token_hex(16)
         self.tmp = tempfile.mkdtemp(prefix="bench-gw-")
         self.db = None
@@ -257,16 +277,28 @@ class Gateway:
                        "accounting's migration")
             self._start(bin_dir, "alerter", {"GW_CONTROL_ENDPOINTS": control_ep, "GW_ALERT_SPEND_LIMIT_DAY": "100",
                                              "GW_ALERT_SPEND_LIMIT_MONTH": "2000"})
-            self._start(bin_dir, "ingress", dict({"GW_HTTP_PORT": str(self.port), "GW_JOBS_BIND": jobs_ep,
-                                                  "GW_AUTH": "keys", "GW_CONTROL_ENDPOINTS": control_ep,
-                                                  "GW_ADMIN_KEY": self.admin_key, "GW_PRICES": PRICES},
-                                                 **(ingress_env or {})), self.url + "/health")
-            self._start(bin_dir, "dispatcher", dict({"GW_INGRESS_ENDPOINTS": jobs_ep,
-                                                     "GW_ACCOUNTING_ENDPOINTS": usage_ep,
-                                                     "GW_SPOOL_DIR": os.path.join(self.tmp, "spool"),
-                                                     "GW_PRICES": PRICES, "DEEPSEEK_API_KEY": mock.key,
-                                                     "GW_PROVIDER_DEEPSEEK_BASE_URL": mock.url},
-                                                    **(dispatcher_env or {})))
+            ingress = dict({"GW_HTTP_PORT": str(self.port), "GW_JOBS_BIND": jobs_ep, "GW_AUTH": "keys",
+                            "GW_CONTROL_ENDPOINTS": control_ep, "GW_ADMIN_KEY": self.admin_key,
+                            "GW_PRICES": PRICES}, **(ingress_env or {}))
+            # The id make run gives its first dispatcher, in either layout.
+            dispatcher = dict({"GW_ACCOUNTING_ENDPOINTS": usage_ep, "GW_SPOOL_DIR": os.path.join(self.tmp, "spool"),
+                               "GW_PRICES": PRICES, "DEEPSEEK_API_KEY": mock.key,
+                               "GW_PROVIDER_DEEPSEEK_BASE_URL": mock.url, "GW_DISPATCHER_ID": "dispatcher-1"},
+                              **(dispatcher_env or {}))
+            if local:
+                # One process reads both environments: a variable both services read
+                # (GW_PRICES, GW_CURRENCY, GW_HEARTBEAT_MS) can hold only one value.
+                clash = sorted(k for k in ingress.keys() & dispatcher.keys() if ingress[k] != dispatcher[k])
+                if clash:
+                    raise ValueError(f"the local dispatcher shares the ingress's environment: {', '.join(clash)} "
+                                     "differ between ingress_env and dispatcher_env")
+                self._start(bin_dir, "ingress", dict(ingress, **dispatcher, GW_LOCAL_DISPATCHER="1"),
+                            self.url + "/health")
+            else:
+                # Set, not left to the ingress's default, so that the layout does not
+                # depend on what that default is.
+                self._start(bin_dir, "ingress", dict(ingress, GW_LOCAL_DISPATCHER="0"), self.url + "/health")
+                self._start(bin_dir, "dispatcher", dict(dispatcher, GW_INGRESS_ENDPOINTS=jobs_ep))
             self._wait(lambda: harness.http("GET", self.url + "/ready")[0] == 200, "ingress /ready")
             st, _, raw = harness.http("POST", self.url + "/admin/keys", {"name": "bench-unlimited"},
                                       {"Authorization": f"Bearer {self.admin_key}"}, timeout=20)
@@ -296,13 +328,32 @@ class Gateway:
         raise RuntimeError(f"timed out waiting for {what}")
 
     def pid(self, name):
+        """The process that runs service name: in the local layout the dispatcher's is
+        the ingress's (sum over services() rather than over names, or it counts twice)."""
+        if name == "dispatcher" and self.local:
+            name = "ingress"
         return self.procs[name].proc.pid
+
+    def services(self):
+        """{part: pid} of the services' processes, PostgreSQL aside: "ingress (with its
+        dispatcher)", accounting and alerter in the local layout; ingress, dispatcher,
+        accounting and alerter in the split one."""
+        return {self.LOCAL_INGRESS if name == "ingress" and self.local else name: p.proc.pid
+                for name, p in self.procs.items()}
+
+    def front(self):
+        """The pids that carry the requests and streams (ingress and dispatcher), each
+        once: one in the local layout, two in the split one."""
+        return list(dict.fromkeys([self.pid("ingress"), self.pid("dispatcher")]))
+
+    def front_label(self):
+        return self.LOCAL_INGRESS if self.local else "ingress + dispatcher"
 
     def roots(self):
         return [p.proc.pid for p in self.procs.values()] + [self.db.pid]
 
     def parts(self):
-        parts = {name: [p.proc.pid] for name, p in self.procs.items()}
+        parts = {part: [pid] for part, pid in self.services().items()}
         parts["postgres"] = [self.db.pid]
         return parts
 
@@ -314,7 +365,8 @@ class Gateway:
         return int(self.db.psql("SELECT count(*) FROM usage_events WHERE cached").strip())
 
     def stop(self):
-        """Stop in make run's order; a service that stops badly is reported, not fatal."""
+        """Stop in make run's order (in the local layout the ingress stops its dispatcher
+        itself); a service that stops badly is reported, not fatal."""
         problems = []
         for name in ("ingress", "dispatcher", "alerter", "accounting"):
             proc = self.procs.get(name)

@@ -9,6 +9,7 @@
 
 static gw_log_level_t s_level = GW_LOG_INFO;
 static const char *s_service = "gw";
+static __thread const char *s_thread_service;  //  overrides s_service on its thread
 
 void
 gw_log_init (const char *service)
@@ -26,6 +27,12 @@ gw_log_init (const char *service)
 }
 
 void
+gw_log_thread_service (const char *service)
+{
+    s_thread_service = service;
+}
+
+void
 gw_log (gw_log_level_t level, const char *module, const char *fmt, ...)
 {
     if (level < s_level)
@@ -38,7 +45,7 @@ gw_log (gw_log_level_t level, const char *module, const char *fmt, ...)
     char line[2048];
     int n = snprintf (line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s %s: ",
                       tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                      tm.tm_sec, ts.tv_nsec / 1000000, names[level], s_service, module);
+                      tm.tm_sec, ts.tv_nsec / 1000000, names[level], s_thread_service ? s_thread_service : s_service, module);
     va_list ap;
     va_start (ap, fmt);
     if (n > 0 && (size_t) n < sizeof line)

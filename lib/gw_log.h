@@ -8,6 +8,10 @@ typedef enum { GW_LOG_DEBUG, GW_LOG_INFO, GW_LOG_WARN, GW_LOG_ERROR } gw_log_lev
     service in every line. Call once at start. */
 void gw_log_init (const char *service);
 
+/*  Names another service in the lines of the calling thread (a service run on
+    a thread of another's process: the ingress's local dispatcher). */
+void gw_log_thread_service (const char *service);
+
 /*  Logs "ts level service module: message" when level is enabled. */
 void gw_log (gw_log_level_t level, const char *module, const char *fmt, ...)
     __attribute__ ((format (printf, 3, 4)));

@@ -114,6 +114,16 @@ gw_loop_new (void)
 }
 
 void
+gw_loop_leave_signals (gw_loop_t *self)
+{
+    if (self->sigfd < 0)
+        return;
+    epoll_ctl (self->epfd, EPOLL_CTL_DEL, self->sigfd, NULL);
+    close (self->sigfd);
+    self->sigfd = -1;
+}
+
+void
 gw_loop_destroy (gw_loop_t **self_p)
 {
     gw_loop_t *self = *self_p;
@@ -396,7 +406,7 @@ s_until_check (gw_loop_t *loop, gw_timer_t *timer, void *arg)
         gw_timer_start (loop, timer, 20);
 }
 
-void
+bool
 gw_loop_run_until (gw_loop_t *self, bool (*done) (void *arg), void *arg, int64_t timeout_ms)
 {
     s_until_t until = { done, arg, gw_now_ms () + timeout_ms };
@@ -404,6 +414,7 @@ gw_loop_run_until (gw_loop_t *self, bool (*done) (void *arg), void *arg, int64_t
     gw_timer_start (self, check, 0);
     gw_loop_run (self);
     gw_timer_destroy (self, &check);
+    return done (arg);
 }
 
 /* ---- selftest ---- */

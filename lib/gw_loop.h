@@ -32,6 +32,10 @@ void gw_loop_raise_fd_limit (void);
 gw_loop_t *gw_loop_new (void);
 void gw_loop_destroy (gw_loop_t **self_p);
 
+/*  This loop no longer reads SIGINT/SIGTERM: another loop of the process does
+    (one signal is read by one signalfd only, so two loops would race for it). */
+void gw_loop_leave_signals (gw_loop_t *self);
+
 /*  Watches fd for events (EPOLLIN/EPOLLOUT); calling again changes the events. */
 int gw_loop_watch (gw_loop_t *self, int fd, uint32_t events, gw_fd_fn *fn, void *arg);
 void gw_loop_unwatch (gw_loop_t *self, int fd);
@@ -53,8 +57,9 @@ bool gw_timer_active (const gw_timer_t *self);
 int gw_loop_run (gw_loop_t *self);
 
 /*  Runs the loop again until done(arg) is true, timeout_ms has passed, or a
-    signal comes: a service's shutdown grace period. */
-void gw_loop_run_until (gw_loop_t *self, bool (*done) (void *arg), void *arg, int64_t timeout_ms);
+    signal comes: a service's shutdown grace period. Returns whether done(arg)
+    came true. */
+bool gw_loop_run_until (gw_loop_t *self, bool (*done) (void *arg), void *arg, int64_t timeout_ms);
 void gw_loop_stop (gw_loop_t *self);
 
 /*  Monotonic clock in ms and µs; wall clock in ms. */

@@ -102,13 +102,13 @@ void gw_msg_clear (gw_msg_t *msg);
     routing_id is not NULL (ROUTER sockets). Non-blocking. Returns 0 or -1 (errno). */
 int gw_msg_send (void *socket, const void *routing_id, size_t routing_id_size, const gw_msg_t *msg);
 
-/*  Receives one message without blocking. When routing_id is not NULL the first
-    frame is copied there (up to 255 bytes, length in *routing_id_size).
-    Returns GW_DECODE_INTERRUPTED when nothing is waiting. */
 /*  gw_msg_send for a peer that reads protocol peer_version (gw_msg_encode_as). */
 int gw_msg_send_as (void *socket, const void *routing_id, size_t routing_id_size, const gw_msg_t *msg,
                     uint32_t peer_version);
 
+/*  Receives one message without blocking. When routing_id is not NULL the first
+    frame is copied there (up to 255 bytes, length in *routing_id_size).
+    Returns GW_DECODE_INTERRUPTED when nothing is waiting. */
 gw_decode_t gw_msg_recv (void *socket, void *routing_id, size_t *routing_id_size, gw_msg_t *msg);
 
 /*  A ZeroMQ context as every service uses it: received messages are copied

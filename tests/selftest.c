@@ -7,6 +7,7 @@
 #include "call_usage.h"
 #include "chat_request.h"
 #include "dispatcher_pool.h"
+#include "dispatcher_service.h"
 #include "key_cache.h"
 #include "key_limits.h"
 #include "mail.h"
@@ -61,6 +62,7 @@ static const selftest_t s_tests[] = {
     { "usage_log", usage_log_test },
     { "price_table", price_table_test },
     { "usage_spool", usage_spool_test },
+    { "dispatcher_service", dispatcher_service_test },
     { "key_limits", key_limits_test },
     { "admin_api", admin_api_test },
     { "alert_store", alert_store_test },

@@ -530,11 +530,13 @@ dispatcher_pool_new (gw_loop_t *loop, void *zmq_ctx, const pool_config_t *config
     //  busy dispatchers, so leave it unbounded and rely on job credits instead.
     zmq_setsockopt (self->router, ZMQ_SNDHWM, &zero, sizeof zero);
     zmq_setsockopt (self->router, ZMQ_RCVHWM, &zero, sizeof zero);
-    if (zmq_bind (self->router, config->endpoint)) {
-        gw_error ("pool", "cannot bind endpoint=%s error=%s", config->endpoint, zmq_strerror (errno));
-        dispatcher_pool_destroy (&self);
-        return NULL;
-    }
+    const char *endpoints[] = { config->endpoint, config->local_endpoint };
+    for (int i = 0; i < 2; i++)
+        if (endpoints[i] && zmq_bind (self->router, endpoints[i])) {
+            gw_error ("pool", "cannot bind endpoint=%s error=%s", endpoints[i], zmq_strerror (errno));
+            dispatcher_pool_destroy (&self);
+            return NULL;
+        }
     gw_loop_add_socket (loop, self->router, s_on_router, self);
     self->heartbeat_timer = gw_timer_new (s_on_heartbeat_timer, self);
     self->queue_timer = gw_timer_new (s_on_queue_timer, self);
@@ -792,7 +794,7 @@ dispatcher_pool_test (bool verbose)
         printf (" * dispatcher_pool: ");
     void *ctx = zmq_ctx_new ();
     gw_loop_t *loop = gw_loop_new ();
-    pool_config_t config = { "inproc://pool-test", 50, 2, 150, 0 };
+    pool_config_t config = { "inproc://pool-test", NULL, 50, 2, 150, 0 };
     pool_client_fns_t fns = { s_test_head, s_test_chunk, s_test_end };
     dispatcher_pool_t *pool = dispatcher_pool_new (loop, ctx, &config, &fns);
     assert (pool);

@@ -41,6 +41,7 @@ typedef void (pool_done_fn) (void *arg, const char *request_id, uint64_t api_key
 
 typedef struct {
     const char *endpoint;       //  ROUTER bind endpoint, e.g. tcp://127.0.0.1:5555
+    const char *local_endpoint; //  a second one (inproc) for the local dispatcher, or NULL
     int heartbeat_ms;           //  interval of heartbeats both ways
     int liveness;               //  missed heartbeats before a dispatcher is dead
     int queue_timeout_ms;       //  longest a job waits for a credit before 503

@@ -1,6 +1,7 @@
 /*  ingress: the HTTP front of the gateway. Wires configuration, the dispatcher
     pool (ZeroMQ side) and the HTTP front (libmicrohttpd side) onto one loop. */
 #include "dispatcher_pool.h"
+#include "dispatcher_service.h"
 #include "gw_env.h"
 #include "gw_log.h"
 #include "gw_loop.h"
@@ -29,6 +30,13 @@ s_active (void *arg)
     return http_front_active (arg);
 }
 
+/*  The local dispatcher has finished its own drain. */
+static bool
+s_local_ended (void *arg)
+{
+    return dispatcher_thread_ended (arg);
+}
+
 /*  After it: every release acknowledged (concurrency slots given back)? */
 static bool
 s_released (void *arg)
@@ -49,6 +57,11 @@ main (void)
         .queue_timeout_ms = (int) gw_env_int ("GW_QUEUE_TIMEOUT_MS", 10000, 1, 3600000),
         .stream_window = (uint32_t) gw_env_int ("GW_STREAM_WINDOW_BYTES", 4096, 0, 64 << 20),
     };
+    //  A dispatcher on a thread of this process, joined over inproc (README,
+    //  "One host"): dispatchers elsewhere still join over GW_JOBS_BIND.
+    bool local_dispatcher = gw_env_bool ("GW_LOCAL_DISPATCHER", false);
+    if (local_dispatcher)
+        pool_config.local_endpoint = "inproc://local-dispatcher";
     http_config_t http_config = {
         .host = gw_env_str ("GW_HTTP_HOST", "127.0.0.1"),
         .port = (int) gw_env_int ("GW_HTTP_PORT", 8080, 0, 65535),
@@ -74,6 +87,9 @@ main (void)
     void *zmq_ctx = gw_proto_context ();
     gw_loop_t *loop = gw_loop_new ();
     dispatcher_pool_t *pool = loop ? dispatcher_pool_new (loop, zmq_ctx, &pool_config, &http_front_pool_fns) : NULL;
+    dispatcher_thread_t *local = pool && local_dispatcher
+                                     ? dispatcher_thread_start (zmq_ctx, pool_config.local_endpoint)
+                                     : NULL;
     //  Keys, admissions, reports and the admin API are accounting's. Without
     //  keys, accounting is optional (reports and the admin API then answer 503).
     const char *control_endpoints = gw_env_str ("GW_CONTROL_ENDPOINTS", http_config.auth ? "tcp://127.0.0.1:5557" : NULL);
@@ -85,7 +101,7 @@ main (void)
     key_cache_t *keys = control ? key_cache_new (control, (int) gw_env_int ("GW_KEY_CACHE_MS", 5000, 0, 3600000),
                                                  (size_t) gw_env_int ("GW_KEY_CACHE_MAX", 100000, 1, 100000000))
                                 : NULL;
-    http_front_t *front = pool && (control || !control_endpoints)
+    http_front_t *front = pool && (control || !control_endpoints) && (local || !local_dispatcher)
                               ? http_front_new (loop, pool, control, keys, &http_config)
                               : NULL;
     //  After a burst (thousands of streams), memory goes back to the system.
@@ -103,11 +119,23 @@ main (void)
         }
         rc = gw_loop_run (loop) ? 1 : 0;
         //  SIGTERM: stop accepting, let requests in progress finish for a while
-        //  (a second signal cuts this short), then end what is left.
+        //  (a second signal cuts this short), then end what is left. The local
+        //  dispatcher stops as a dispatcher process would on the same signal:
+        //  no new jobs, running ones finish.
         http_front_quiesce (front);
+        dispatcher_thread_stop (local);
         int64_t grace_ms = gw_env_int ("GW_SHUTDOWN_GRACE_MS", 10000, 0, 3600000);
-        gw_loop_run_until (loop, s_drained, front, grace_ms);
+        bool drained = gw_loop_run_until (loop, s_drained, front, grace_ms);
+        //  Its calls whose clients left (drained for their usage) may outlast
+        //  the front's: the same grace, with this loop still serving its ENDs,
+        //  unless a second signal cut the front's short.
+        if (local && drained)
+            gw_loop_run_until (loop, s_local_ended, local, grace_ms);
     }
+    //  The local dispatcher ends before the pool it talks to: what it still
+    //  runs now is cut (a second stop), with its usage recorded.
+    if (dispatcher_thread_destroy (&local))
+        rc = 1;
     //  The front goes first: closing its connections cancels their jobs in the
     //  pool. Then the pool, whose jobs still at dispatchers are released (with
     //  their usage unknown: their reservations lapse) through the control client.
