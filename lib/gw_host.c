@@ -8,8 +8,10 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
-//  The previous /proc/stat totals: CPU use is a rate between two samples.
-static uint64_t s_prev_busy, s_prev_total;
+//  The previous /proc/stat totals: CPU use is a rate between two samples. Per
+//  thread, so that an ingress's reports and its local dispatcher's each measure
+//  the time since their own previous sample.
+static __thread uint64_t s_prev_busy, s_prev_total;
 
 static uint32_t
 s_cpu (void)

@@ -9,7 +9,9 @@
 #include <time.h>
 #include <unistd.h>
 
-static uint64_t s_state[2];
+//  Per thread: an ingress runs its local dispatcher on a second thread, and the
+//  generator's steps are not atomic.
+static __thread uint64_t s_state[2];
 
 static uint64_t
 s_next (void)

@@ -32,6 +32,12 @@ gw_log_thread_service (const char *service)
     s_thread_service = service;
 }
 
+const char *
+gw_log_service (void)
+{
+    return s_thread_service ? s_thread_service : s_service;
+}
+
 void
 gw_log (gw_log_level_t level, const char *module, const char *fmt, ...)
 {

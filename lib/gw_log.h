@@ -12,6 +12,10 @@ void gw_log_init (const char *service);
     a thread of another's process: the ingress's local dispatcher). */
 void gw_log_thread_service (const char *service);
 
+/*  The service the calling thread's lines name: a thread a service starts
+    passes it on (gw_log_thread_service), so that its lines say the same. */
+const char *gw_log_service (void);
+
 /*  Logs "ts level service module: message" when level is enabled. */
 void gw_log (gw_log_level_t level, const char *module, const char *fmt, ...)
     __attribute__ ((format (printf, 3, 4)));

@@ -197,6 +197,24 @@ gw_loop_add_socket (gw_loop_t *self, void *socket, gw_socket_fn *fn, void *arg)
 }
 
 void
+gw_loop_remove_socket (gw_loop_t *self, void *socket)
+{
+    if (!self || !socket)
+        return;
+    for (size_t i = 0; i < self->nsockets; i++) {
+        if (self->sockets[i].socket != socket)
+            continue;
+        int fd;
+        size_t len = sizeof fd;
+        if (zmq_getsockopt (socket, ZMQ_FD, &fd, &len) == 0)
+            gw_loop_unwatch (self, fd);
+        memmove (&self->sockets[i], &self->sockets[i + 1], (self->nsockets - i - 1) * sizeof self->sockets[0]);
+        self->nsockets--;
+        return;
+    }
+}
+
+void
 gw_loop_set_prepare (gw_loop_t *self, gw_prepare_fn *fn, void *arg)
 {
     self->prepare = fn;
@@ -477,6 +495,15 @@ gw_loop_test (bool verbose)
     gw_loop_add_socket (loop, a, s_test_socket, NULL);
     gw_loop_run (loop);
     assert (s_fired[4] == 1);  //  the socket, not the guard timer
+    //  A removed socket is no longer served: its message waits, and the
+    //  guard timer ends the run.
+    gw_loop_remove_socket (loop, a);
+    zmq_send (b, "y", 1, 0);
+    s_fired[0] = 3;
+    s_fired[4] = 0;
+    gw_timer_start (loop, guard, 50);
+    gw_loop_run (loop);
+    assert (s_fired[4] == 99);  //  the guard timer; the socket's handler did not run
     gw_timer_destroy (loop, &guard);
     zmq_close (a);
     zmq_close (b);

@@ -42,6 +42,9 @@ void gw_loop_unwatch (gw_loop_t *self, int fd);
 
 /*  Registers a raw libzmq socket. */
 int gw_loop_add_socket (gw_loop_t *self, void *socket, gw_socket_fn *fn, void *arg);
+/*  Forgets a socket added above; call before closing it (the loop may run on
+    after its owner is gone: an ingress's loop runs for its releases). */
+void gw_loop_remove_socket (gw_loop_t *self, void *socket);
 
 void gw_loop_set_prepare (gw_loop_t *self, gw_prepare_fn *fn, void *arg);
 

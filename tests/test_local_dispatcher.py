@@ -75,15 +75,57 @@ def test_local_dispatcher_sigterm_drains_then_stops():
         left_id = left.headers["x-request-id"]
         left.close()
         time.sleep(0.1)
+        signalled = time.monotonic()
         s.ingresses[0].proc.send_signal(signal.SIGTERM)
         events = without_cost(stream.events())
         assert events[-1] == ("data", "[DONE]")
         assert not any(kind == "data" and '"error"' in data for kind, data in events)
+        # it exits once both are done (the left call needs about 1.2 s more),
+        # not at the end of the 10 s grace
         s.ingresses[0].proc.wait(15)
+        assert time.monotonic() - signalled < 5, time.monotonic() - signalled
         s.ingresses[0].stop()  # exit status 0, no sanitizer report
         (usage,) = s.usage(left_id)
         assert usage["client_aborted"] and usage["usage_known"] and usage["completion_tokens"] == 30, usage
         assert len(s.usage()) == 2
+
+
+def test_local_dispatcher_sigterm_serves_the_queue():
+    """A request still queued at SIGTERM (the one slot busy) is served, as a
+    dispatcher process that outlives its ingress would serve it."""
+    with local_stack({"GW_SHUTDOWN_GRACE_MS": "10000", "GW_DISPATCHER_SLOTS": "1"}) as s:
+        results = {}
+        def call(name):
+            results[name] = post(s.url, chat(f"{name} [[mock tokens=8 token_ms=100]]"))[0]
+        first = threading.Thread(target=call, args=("first",))
+        first.start()
+        time.sleep(0.2)
+        second = threading.Thread(target=call, args=("queued",))
+        second.start()
+        time.sleep(0.2)
+        s.ingresses[0].proc.send_signal(signal.SIGTERM)
+        first.join(15)
+        second.join(15)
+        assert results == {"first": 200, "queued": 200}, results
+        s.ingresses[0].proc.wait(15)
+        s.ingresses[0].stop()
+        assert len(s.usage()) == 2
+
+
+def test_local_dispatcher_that_cannot_start_stops_the_ingress():
+    """A spool it cannot create: the ingress does not serve without its
+    dispatcher, it exits 1 at once and says why."""
+    import subprocess
+    env = dict(os.environ, GW_LOCAL_DISPATCHER="1", GW_HTTP_PORT=str(harness.free_port()), GW_AUTH="none",
+               GW_JOBS_BIND=f"tcp://127.0.0.1:{harness.free_port()}", GW_SPOOL_DIR="/dev/null/spool",
+               GW_ACCOUNTING_ENDPOINTS=f"tcp://127.0.0.1:{harness.free_port()}")
+    started = time.monotonic()
+    out = subprocess.run([os.path.join(BIN, "ingress")], env=env, capture_output=True, text=True, timeout=20)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert time.monotonic() - started < 10
+    assert "dispatcher spool: cannot create dir=/dev/null/spool" in out.stderr, out.stderr[-2000:]
+    assert "the local dispatcher did not start" in out.stderr, out.stderr[-2000:]
+    assert "listening" not in out.stderr
 
 
 def test_local_dispatcher_second_signal_cuts_the_grace_short():

@@ -306,8 +306,10 @@ usage_intake_destroy (usage_intake_t **self_p)
                             .balance_currency = "", .balance_total = "", .leaving = true };
     if (self->store)
         s_store_status (self, &leaving);
-    if (self->router)
+    if (self->router) {
+        gw_loop_remove_socket (self->loop, self->router);
         zmq_close (self->router);
+    }
     free (self->items);
     free (self->rows);
     free (self);

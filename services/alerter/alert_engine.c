@@ -425,6 +425,7 @@ alert_engine_destroy (alert_engine_t **self_p)
         free (self->inflight[i]);
     gw_timer_destroy (self->loop, &self->tick);
     gw_timer_destroy (self->loop, &self->sweep);
+    gw_loop_remove_socket (self->loop, self->dealer);
     zmq_close (self->dealer);
     free (self);
     *self_p = NULL;

@@ -14,6 +14,7 @@
 #include <time.h>
 
 struct balance_probe_t {
+    const char *log_service;  //  its starter's, for its lines (gw_log_service)
     const provider_t *provider;
     int interval_ms;
     char currency[8];
@@ -116,6 +117,7 @@ static void *
 s_run (void *arg)
 {
     balance_probe_t *self = arg;
+    gw_log_thread_service (self->log_service);
     pthread_mutex_lock (&self->lock);
     while (!self->stop) {
         pthread_mutex_unlock (&self->lock);
@@ -153,6 +155,7 @@ balance_probe_new (const provider_t *provider, int interval_ms, const char *curr
     snprintf (self->url, sizeof self->url, "%.*s/user/balance", (int) (len - slen), provider->chat_url);
     pthread_mutex_init (&self->lock, NULL);
     pthread_cond_init (&self->wake, NULL);
+    self->log_service = gw_log_service ();
     if (pthread_create (&self->thread, NULL, s_run, self)) {
         pthread_mutex_destroy (&self->lock);
         pthread_cond_destroy (&self->wake);

@@ -27,6 +27,7 @@
 #include <assert.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,7 +143,7 @@ s_on_stop (gw_loop_t *loop, int fd, uint32_t events, void *arg)
 }
 
 int
-dispatcher_service_run (void *zmq_ctx, const char *ingress_endpoints, int stop_fd)
+dispatcher_service_run (void *zmq_ctx, const char *ingress_endpoints, int stop_fd, int ready_fd)
 {
     char host[64] = "host", uuid[37], default_id[128];
     gethostname (host, sizeof host - 1);
@@ -184,7 +185,11 @@ dispatcher_service_run (void *zmq_ctx, const char *ingress_endpoints, int stop_f
         //  On a thread of another service's process: that service's loop takes
         //  the signals and says when to stop.
         gw_loop_leave_signals (loop);
-        gw_loop_watch (loop, stop_fd, EPOLLIN, s_on_stop, &stop);
+        //  Unwatched, nothing could stop it: better not to start.
+        if (gw_loop_watch (loop, stop_fd, EPOLLIN, s_on_stop, &stop)) {
+            gw_error ("main", "cannot watch the stop descriptor");
+            gw_loop_destroy (&loop);
+        }
     }
     provider_table_t *providers = provider_table_new ();
     s_usage_out_t usage = { 0 };
@@ -240,6 +245,9 @@ dispatcher_service_run (void *zmq_ctx, const char *ingress_endpoints, int stop_f
     if (links) {
         gw_info ("main", "started id=%s ingresses=%s slots=%d", links_config.dispatcher_id,
                  links_config.endpoints, links_config.slots);
+        uint64_t one = 1;
+        if (ready_fd >= 0 && write (ready_fd, &one, sizeof one) < 0)
+            gw_warn ("main", "cannot say it started errno=%d", errno);
         rc = gw_loop_run (loop) ? 1 : 0;
         //  SIGTERM (or the stop_fd): take no more jobs, let running ones finish
         //  (and report their usage) for a while; a second one cuts this short.
@@ -275,9 +283,11 @@ struct dispatcher_thread_t {
     pthread_t thread;
     void *zmq_ctx;
     char *endpoint;
-    int stop_fd;  //  eventfd: written to stop
+    int stop_fd;   //  eventfd: written to stop it
+    int ready_fd;  //  eventfd: written by it once it runs
+    int ended_fd;  //  eventfd: written by it when it has ended
     int rc;
-    bool ended;   //  dispatcher_service_run returned (atomic)
+    bool ended;  //  dispatcher_service_run returned (atomic)
 };
 
 static void *
@@ -285,9 +295,24 @@ s_thread_main (void *arg)
 {
     dispatcher_thread_t *self = arg;
     gw_log_thread_service ("dispatcher");
-    self->rc = dispatcher_service_run (self->zmq_ctx, self->endpoint, self->stop_fd);
+    self->rc = dispatcher_service_run (self->zmq_ctx, self->endpoint, self->stop_fd, self->ready_fd);
     __atomic_store_n (&self->ended, true, __ATOMIC_RELEASE);
+    uint64_t one = 1;
+    if (write (self->ended_fd, &one, sizeof one) < 0)
+        gw_warn ("main", "cannot say it ended errno=%d", errno);
     return NULL;
+}
+
+static void
+s_thread_free (dispatcher_thread_t *self)
+{
+    int fds[] = { self->stop_fd, self->ready_fd, self->ended_fd };
+    for (int i = 0; i < 3; i++)
+        if (fds[i] >= 0)
+            close (fds[i]);
+    free (self->endpoint);
+    free (self);
+    curl_global_cleanup ();
 }
 
 dispatcher_thread_t *
@@ -299,15 +324,26 @@ dispatcher_thread_start (void *zmq_ctx, const char *ingress_endpoint)
     self->zmq_ctx = zmq_ctx;
     self->endpoint = strdup (ingress_endpoint);
     self->stop_fd = eventfd (0, EFD_NONBLOCK | EFD_CLOEXEC);
+    self->ready_fd = eventfd (0, EFD_NONBLOCK | EFD_CLOEXEC);
+    self->ended_fd = eventfd (0, EFD_NONBLOCK | EFD_CLOEXEC);
     //  Once per process, before any thread could use libcurl.
     curl_global_init (CURL_GLOBAL_DEFAULT);
-    if (!self->endpoint || self->stop_fd < 0 || pthread_create (&self->thread, NULL, s_thread_main, self)) {
+    if (!self->endpoint || self->stop_fd < 0 || self->ready_fd < 0 || self->ended_fd < 0
+        || pthread_create (&self->thread, NULL, s_thread_main, self)) {
         gw_error ("main", "cannot start the local dispatcher");
-        if (self->stop_fd >= 0)
-            close (self->stop_fd);
-        free (self->endpoint);
-        free (self);
-        curl_global_cleanup ();
+        s_thread_free (self);
+        return NULL;
+    }
+    //  Running, or failed (its log says why): an ingress without the
+    //  dispatcher it was told to run does not start either. It may take a
+    //  while: opening the spool reads what an earlier run left in it.
+    struct pollfd fds[2] = { { self->ready_fd, POLLIN, 0 }, { self->ended_fd, POLLIN, 0 } };
+    while (poll (fds, 2, -1) < 0 && errno == EINTR)
+        ;
+    if (!(fds[0].revents & POLLIN)) {
+        gw_error ("main", "the local dispatcher did not start");
+        pthread_join (self->thread, NULL);
+        s_thread_free (self);
         return NULL;
     }
     return self;
@@ -328,6 +364,12 @@ dispatcher_thread_ended (dispatcher_thread_t *self)
 }
 
 int
+dispatcher_thread_ended_fd (dispatcher_thread_t *self)
+{
+    return self->ended_fd;
+}
+
+int
 dispatcher_thread_destroy (dispatcher_thread_t **self_p)
 {
     dispatcher_thread_t *self = *self_p;
@@ -336,10 +378,7 @@ dispatcher_thread_destroy (dispatcher_thread_t **self_p)
     dispatcher_thread_stop (self);
     pthread_join (self->thread, NULL);
     int rc = self->rc;
-    close (self->stop_fd);
-    free (self->endpoint);
-    free (self);
-    curl_global_cleanup ();
+    s_thread_free (self);
     *self_p = NULL;
     return rc;
 }

@@ -12,19 +12,23 @@
     ingress_endpoints: NULL reads GW_INGRESS_ENDPOINTS. stop_fd: -1 stops on
     SIGINT/SIGTERM (the caller blocked them: gw_loop_catch_signals); otherwise
     leaves the signals to the caller's loop and stops when stop_fd is readable
-    (an eventfd). The caller owns zmq_ctx and libcurl's global state. Returns
-    0, or 1 when it could not start or its loop failed. */
-int dispatcher_service_run (void *zmq_ctx, const char *ingress_endpoints, int stop_fd);
+    (an eventfd; each write is one stop). ready_fd, unless -1, is written (an
+    eventfd) once it runs. The caller owns zmq_ctx and libcurl's global state.
+    Returns 0, or 1 when it could not start or its loop failed. */
+int dispatcher_service_run (void *zmq_ctx, const char *ingress_endpoints, int stop_fd, int ready_fd);
 
 /*  A dispatcher on a thread of the calling process, joined to the ingress at
-    ingress_endpoint (inproc, in zmq_ctx). */
+    ingress_endpoint (inproc, in zmq_ctx). Returns once it runs; NULL when it
+    could not start (its log says why). */
 typedef struct dispatcher_thread_t dispatcher_thread_t;
 dispatcher_thread_t *dispatcher_thread_start (void *zmq_ctx, const char *ingress_endpoint);
 /*  Asks it to stop (as SIGTERM does a dispatcher process); a second call cuts
     its grace period short. Does not wait. */
 void dispatcher_thread_stop (dispatcher_thread_t *self);
-/*  Whether it has ended (cleaned up after a stop, or failed to start). */
+/*  Whether it has ended (after a stop, or on its own: its loop failed). */
 bool dispatcher_thread_ended (dispatcher_thread_t *self);
+/*  An eventfd that becomes readable when it has ended, for the caller's loop. */
+int dispatcher_thread_ended_fd (dispatcher_thread_t *self);
 /*  Stops it if still running, waits for it to end and frees it. Returns its
     dispatcher_service_run result. */
 int dispatcher_thread_destroy (dispatcher_thread_t **self_p);

@@ -418,6 +418,7 @@ ingress_links_destroy (ingress_links_t **self_p)
         zhashx_destroy (&self->links[i].jobs);
         if (self->links[i].dealer) {
             zmq_setsockopt (self->links[i].dealer, ZMQ_LINGER, &linger_ms, sizeof linger_ms);
+            gw_loop_remove_socket (self->loop, self->links[i].dealer);
             zmq_close (self->links[i].dealer);
         }
         free (self->links[i].endpoint);

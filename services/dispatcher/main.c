@@ -16,7 +16,7 @@ main (void)
     gw_loop_raise_fd_limit ();
     curl_global_init (CURL_GLOBAL_DEFAULT);
     void *zmq_ctx = gw_proto_context ();
-    int rc = dispatcher_service_run (zmq_ctx, NULL, -1);
+    int rc = dispatcher_service_run (zmq_ctx, NULL, -1, -1);
     zmq_ctx_term (zmq_ctx);
     curl_global_cleanup ();
     return rc;

@@ -220,6 +220,7 @@ usage_sender_destroy (usage_sender_t **self_p)
     //  leave; with no accounting connected nothing was queued (IMMEDIATE).
     int linger = 200;
     zmq_setsockopt (self->dealer, ZMQ_LINGER, &linger, sizeof linger);
+    gw_loop_remove_socket (self->loop, self->dealer);
     zmq_close (self->dealer);
     free (self);
     *self_p = NULL;

@@ -101,6 +101,7 @@ typedef struct {
 } queue_t;
 
 struct usage_spool_t {
+    const char *log_service;  //  its starter's, for the syncer's lines (gw_log_service)
     char *dir;
     int dirfd;  //  also holds the flock that keeps a second process out
     size_t max_bytes;
@@ -872,6 +873,7 @@ static void *
 s_syncer (void *arg)
 {
     usage_spool_t *self = arg;
+    gw_log_thread_service (self->log_service);
     pthread_mutex_lock (&self->mutex);
     while (true) {
         while (!self->job_ready && !self->stopping)
@@ -902,6 +904,7 @@ s_syncer_start (usage_spool_t *self)
     sigset_t all, old;
     sigfillset (&all);
     pthread_sigmask (SIG_SETMASK, &all, &old);
+    self->log_service = gw_log_service ();
     int rc = pthread_create (&self->syncer, NULL, s_syncer, self);
     pthread_sigmask (SIG_SETMASK, &old, NULL);
     if (rc) {

@@ -413,6 +413,7 @@ control_client_destroy (control_client_t **self_p)
         s_send_alive (self, true);
         int linger = 200;
         zmq_setsockopt (self->dealer, ZMQ_LINGER, &linger, sizeof linger);
+        gw_loop_remove_socket (self->loop, self->dealer);
         zmq_close (self->dealer);
     }
     free (self->instance);

@@ -564,8 +564,10 @@ dispatcher_pool_destroy (dispatcher_pool_t **self_p)
     zhashx_destroy (&self->jobs);
     zhashx_destroy (&self->resets);
     zlistx_destroy (&self->queue);
-    if (self->router)
+    if (self->router) {
+        gw_loop_remove_socket (self->loop, self->router);
         zmq_close (self->router);
+    }
     free (self);
     *self_p = NULL;
 }

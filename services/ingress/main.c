@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -37,6 +38,30 @@ s_local_ended (void *arg)
     return dispatcher_thread_ended (arg);
 }
 
+/*  The local dispatcher and whether it was asked to stop. */
+typedef struct {
+    dispatcher_thread_t *thread;
+    bool stopping;
+    bool failed;  //  it ended on its own
+} s_local_t;
+
+/*  Its thread ended. Asked to, that is the end of its drain; on its own (its
+    loop failed), this ingress has no dispatcher it can count on: it stops too
+    and exits 1, as a dispatcher process would, for its supervisor to see. */
+static void
+s_on_local_ended (gw_loop_t *loop, int fd, uint32_t events, void *arg)
+{
+    (void) events;
+    s_local_t *local = arg;
+    uint64_t n;
+    if (read (fd, &n, sizeof n) < 0) { }
+    if (local->stopping || local->failed)
+        return;
+    gw_error ("main", "the local dispatcher stopped on its own: stopping");
+    local->failed = true;
+    gw_loop_stop (loop);
+}
+
 /*  After it: every release acknowledged (concurrency slots given back)? */
 static bool
 s_released (void *arg)
@@ -59,7 +84,12 @@ main (void)
     };
     //  A dispatcher on a thread of this process, joined over inproc (README,
     //  "One host"): dispatchers elsewhere still join over GW_JOBS_BIND.
-    bool local_dispatcher = gw_env_bool ("GW_LOCAL_DISPATCHER", false);
+    const char *local_setting = gw_env_str ("GW_LOCAL_DISPATCHER", "0");
+    if (strcmp (local_setting, "0") && strcmp (local_setting, "1")) {
+        gw_error ("main", "GW_LOCAL_DISPATCHER must be 0 or 1, not %s", local_setting);
+        return 1;
+    }
+    bool local_dispatcher = strcmp (local_setting, "1") == 0;
     if (local_dispatcher)
         pool_config.local_endpoint = "inproc://local-dispatcher";
     http_config_t http_config = {
@@ -87,9 +117,12 @@ main (void)
     void *zmq_ctx = gw_proto_context ();
     gw_loop_t *loop = gw_loop_new ();
     dispatcher_pool_t *pool = loop ? dispatcher_pool_new (loop, zmq_ctx, &pool_config, &http_front_pool_fns) : NULL;
-    dispatcher_thread_t *local = pool && local_dispatcher
-                                     ? dispatcher_thread_start (zmq_ctx, pool_config.local_endpoint)
-                                     : NULL;
+    s_local_t local = { NULL, false, false };
+    if (pool && local_dispatcher) {
+        local.thread = dispatcher_thread_start (zmq_ctx, pool_config.local_endpoint);
+        if (local.thread)
+            gw_loop_watch (loop, dispatcher_thread_ended_fd (local.thread), EPOLLIN, s_on_local_ended, &local);
+    }
     //  Keys, admissions, reports and the admin API are accounting's. Without
     //  keys, accounting is optional (reports and the admin API then answer 503).
     const char *control_endpoints = gw_env_str ("GW_CONTROL_ENDPOINTS", http_config.auth ? "tcp://127.0.0.1:5557" : NULL);
@@ -101,7 +134,7 @@ main (void)
     key_cache_t *keys = control ? key_cache_new (control, (int) gw_env_int ("GW_KEY_CACHE_MS", 5000, 0, 3600000),
                                                  (size_t) gw_env_int ("GW_KEY_CACHE_MAX", 100000, 1, 100000000))
                                 : NULL;
-    http_front_t *front = pool && (control || !control_endpoints) && (local || !local_dispatcher)
+    http_front_t *front = pool && (control || !control_endpoints) && (local.thread || !local_dispatcher)
                               ? http_front_new (loop, pool, control, keys, &http_config)
                               : NULL;
     //  After a burst (thousands of streams), memory goes back to the system.
@@ -119,22 +152,31 @@ main (void)
         }
         rc = gw_loop_run (loop) ? 1 : 0;
         //  SIGTERM: stop accepting, let requests in progress finish for a while
-        //  (a second signal cuts this short), then end what is left. The local
-        //  dispatcher stops as a dispatcher process would on the same signal:
-        //  no new jobs, running ones finish.
+        //  (a second signal cuts this short), then end what is left.
         http_front_quiesce (front);
-        dispatcher_thread_stop (local);
         int64_t grace_ms = gw_env_int ("GW_SHUTDOWN_GRACE_MS", 10000, 0, 3600000);
-        bool drained = gw_loop_run_until (loop, s_drained, front, grace_ms);
-        //  Its calls whose clients left (drained for their usage) may outlast
-        //  the front's: the same grace, with this loop still serving its ENDs,
-        //  unless a second signal cut the front's short.
-        if (local && drained)
-            gw_loop_run_until (loop, s_local_ended, local, grace_ms);
+        int64_t deadline_ms = gw_now_ms () + grace_ms;
+        //  (Without its dispatcher nothing in progress can finish.)
+        bool drained = !local.failed && gw_loop_run_until (loop, s_drained, front, grace_ms);
+        //  The local dispatcher stops only now, as a dispatcher process that
+        //  outlives its ingress (make run stops the ingress first): it has run
+        //  the queue and whatever came on open connections meanwhile. Its calls
+        //  whose clients left are drained for their usage within what is left
+        //  of the one grace period, unless a second signal cut it short.
+        local.stopping = true;
+        dispatcher_thread_stop (local.thread);
+        int64_t left_ms = deadline_ms - gw_now_ms ();
+        if (local.thread && drained && !local.failed && left_ms > 0)
+            gw_loop_run_until (loop, s_local_ended, local.thread, left_ms);
     }
+    if (local.failed)
+        rc = 1;
     //  The local dispatcher ends before the pool it talks to: what it still
     //  runs now is cut (a second stop), with its usage recorded.
-    if (dispatcher_thread_destroy (&local))
+    if (local.thread)
+        gw_loop_unwatch (loop, dispatcher_thread_ended_fd (local.thread));
+    local.stopping = true;
+    if (dispatcher_thread_destroy (&local.thread))
         rc = 1;
     //  The front goes first: closing its connections cancels their jobs in the
     //  pool. Then the pool, whose jobs still at dispatchers are released (with
