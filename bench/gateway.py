@@ -94,6 +94,7 @@ VS_NGINX_C64 = 0.5
 VS_PORTKEY_C64 = 3.0
 STREAM_KIB = 64
 FD_LIMIT = 65536  # descriptors per process for the stack (see main())
+FD_MARGIN = 512  # the descriptors a process holds besides its streams
 IDLE_MB = 40
 
 
@@ -189,19 +190,23 @@ def idle_memory(gw):
 
 
 def streams_check(mock, bin_dir, n, tokens, quiet_ms, deadline_s, pending):
-    """Our gateway (make run's layout) with n concurrent streams (a token every 50 ms):
-    errors and memory; before it, the split layout's idle memory, measured alike."""
+    """Our gateway with n concurrent streams (a token every 50 ms): errors and memory;
+    before it, the idle memory of the other layout, measured alike. The streams run
+    in make run's layout when the descriptor limit lets one process hold two per
+    stream (its client's and the provider's), else in the split layout."""
     # One ingress sends a dispatcher at most GW_DISPATCHER_SLOTS jobs at a time (256
     # by default): n streams at once need n slots.
     denv = {"GW_DISPATCHER_SLOTS": str(max(n, 256))}
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    local = fd_limit >= 2 * n + FD_MARGIN
     # A stack of its own with the same settings, stopped before the check starts, so
     # that the two layouts' idle figures differ in the layout alone.
-    split = targets.Gateway(mock, bin_dir, dispatcher_env=denv, local=False)
+    other = targets.Gateway(mock, bin_dir, dispatcher_env=denv, local=not local)
     try:
-        split_idle = idle_memory(split)
+        other_idle = idle_memory(other)
     finally:
-        split.stop()
-    gw = targets.Gateway(mock, bin_dir, dispatcher_env=denv)
+        other.stop()
+    gw = targets.Gateway(mock, bin_dir, dispatcher_env=denv, local=local)
     try:
         idle = idle_memory(gw)
         front = gw.front()
@@ -237,14 +242,16 @@ def streams_check(mock, bin_dir, n, tokens, quiet_ms, deadline_s, pending):
         res["tokens_per_s_nominal"] = n * 20
         peak = max((s for s in res["samples"]), key=lambda s: s["value"]["front_kib"], default=None)
         time.sleep(2)
-        res.update(idle)
+        # Top level: make run's layout's idle figures (the target's), whichever ran the streams.
+        res.update(idle if local else other_idle)
         res.update({
+            "layout": "local" if local else "split", "fd_limit": fd_limit,
             "tokens": tokens, "quiet_ms": quiet_ms, "slots": denv["GW_DISPATCHER_SLOTS"],
             "front": gw.front_label(), "idle_front_kib": idle_front,
             "peak_front_kib": peak["value"]["front_kib"] if peak else None,
             "mock_max_active": max((s["value"]["mock_active"] or 0 for s in res["samples"]), default=0),
             "after_kib": {part: procstat.memory_kib([pid])["rss"] for part, pid in gw.services().items()},
-            "split_idle": split_idle})
+            "split_idle": other_idle if local else idle})
         res["kib_per_stream"] = ((res["peak_front_kib"] - idle_front) / res["max_open"]
                                  if peak and res["max_open"] else None)
         return res
@@ -502,10 +509,13 @@ def markdown(res):
     st = res.get("streams")
     if st:
         out += ["", f"### {st['streams']:,} concurrent streams", "",
-                f"Our gateway alone, in make run's layout (a stack of its own, `GW_DISPATCHER_SLOTS={st['slots']}`, "
-                "other settings default; up to "
-                f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]:,} descriptors per process, since in this layout "
-                "a stream holds two in the ingress's process, its client's and the provider's), "
+                ("Our gateway alone, in make run's layout" if st.get("layout", "local") == "local" else
+                 "Our gateway alone, in the split layout (`GW_LOCAL_DISPATCHER=0`: in make run's layout a stream "
+                 "holds two descriptors in the ingress's one process, its client's and the provider's, and this "
+                 f"machine allows a process {st.get('fd_limit', 0):,}, which it could not raise: "
+                 f"{st['streams']:,} streams would need {2 * st['streams'] + FD_MARGIN:,}; docs/operations.md, "
+                 "\"File descriptors\")")
+                + f" (a stack of its own, `GW_DISPATCHER_SLOTS={st['slots']}`, other settings default), "
                 f"{st['streams']:,} streamed requests opened together by one epoll client (bench/load.py), each "
                 f"`[[mock first_byte_ms={st['quiet_ms']} token_ms=50 tokens={st['tokens']}]]`: the mock sends "
                 f"the headers at once, keep-alive comments for {st['quiet_ms'] / 1000:.0f} s (as DeepSeek does while "
