@@ -536,15 +536,18 @@ def markdown(res):
                 f"| {st.get('front', 'ingress + dispatcher')} RSS: idle / peak | "
                 f"{st['idle_front_kib'] / 1024:,.1f} MB / {(st['peak_front_kib'] or 0) / 1024:,.1f} MB |",
                 f"| above idle, per open stream | {st['kib_per_stream'] or 0:,.1f} KiB |",
-                f"| idle RSS of the four services ({st.get('processes', 4)} processes) | "
+                f"| idle RSS of the four services (make run's layout, {st.get('processes', 4)} processes"
+                + ("" if st.get("layout", "local") == "local" else
+                   ": a stack of its own, started and measured alike before the check") + ") | "
                 f"{st['idle_services_kib'] / 1024:,.1f} MB ("
                 + ", ".join(f"{k} {v / 1024:.1f}" for k, v in st["idle_kib"].items())
                 + f"; PostgreSQL not counted: {st['idle_postgres_kib'] / 1024:,.0f} MB). Pss, shared library pages "
                 f"divided among the processes: {st['idle_services_pss_kib'] / 1024:,.1f} MB |"]
         sp = st.get("split_idle")
         if sp:
-            out.append(f"| the same, split layout ({sp['processes']} processes: `GW_LOCAL_DISPATCHER=0`, a stack of "
-                       f"its own started and measured alike before the check) | "
+            out.append(f"| the same, split layout ({sp['processes']} processes: `GW_LOCAL_DISPATCHER=0`"
+                       + (", a stack of its own started and measured alike before the check"
+                          if st.get("layout", "local") == "local" else ", the check's stack") + ") | "
                        f"{sp['idle_services_kib'] / 1024:,.1f} MB ("
                        + ", ".join(f"{k} {v / 1024:.1f}" for k, v in sp["idle_kib"].items())
                        + f"). Pss: {sp['idle_services_pss_kib'] / 1024:,.1f} MB |")
