@@ -51,7 +51,7 @@ gw_log (gw_log_level_t level, const char *module, const char *fmt, ...)
     char line[2048];
     int n = snprintf (line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s %s %s: ",
                       tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                      tm.tm_sec, ts.tv_nsec / 1000000, names[level], s_thread_service ? s_thread_service : s_service, module);
+                      tm.tm_sec, ts.tv_nsec / 1000000, names[level], gw_log_service (), module);
     va_list ap;
     va_start (ap, fmt);
     if (n > 0 && (size_t) n < sizeof line)

@@ -287,7 +287,6 @@ struct dispatcher_thread_t {
     int ready_fd;  //  eventfd: written by it once it runs
     int ended_fd;  //  eventfd: written by it when it has ended
     int rc;
-    bool ended;  //  dispatcher_service_run returned (atomic)
 };
 
 static void *
@@ -296,7 +295,6 @@ s_thread_main (void *arg)
     dispatcher_thread_t *self = arg;
     gw_log_thread_service ("dispatcher");
     self->rc = dispatcher_service_run (self->zmq_ctx, self->endpoint, self->stop_fd, self->ready_fd);
-    __atomic_store_n (&self->ended, true, __ATOMIC_RELEASE);
     uint64_t one = 1;
     if (write (self->ended_fd, &one, sizeof one) < 0)
         gw_warn ("main", "cannot say it ended errno=%d", errno);
@@ -355,12 +353,6 @@ dispatcher_thread_stop (dispatcher_thread_t *self)
     uint64_t one = 1;
     if (self && write (self->stop_fd, &one, sizeof one) < 0)
         gw_warn ("main", "cannot ask the local dispatcher to stop errno=%d", errno);
-}
-
-bool
-dispatcher_thread_ended (dispatcher_thread_t *self)
-{
-    return !self || __atomic_load_n (&self->ended, __ATOMIC_ACQUIRE);
 }
 
 int

@@ -25,9 +25,8 @@ dispatcher_thread_t *dispatcher_thread_start (void *zmq_ctx, const char *ingress
 /*  Asks it to stop (as SIGTERM does a dispatcher process); a second call cuts
     its grace period short. Does not wait. */
 void dispatcher_thread_stop (dispatcher_thread_t *self);
-/*  Whether it has ended (after a stop, or on its own: its loop failed). */
-bool dispatcher_thread_ended (dispatcher_thread_t *self);
-/*  An eventfd that becomes readable when it has ended, for the caller's loop. */
+/*  An eventfd that becomes readable when it has ended (after a stop, or on its
+    own: its loop failed), for the caller's loop. */
 int dispatcher_thread_ended_fd (dispatcher_thread_t *self);
 /*  Stops it if still running, waits for it to end and frees it. Returns its
     dispatcher_service_run result. */

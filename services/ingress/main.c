@@ -31,19 +31,20 @@ s_active (void *arg)
     return http_front_active (arg);
 }
 
-/*  The local dispatcher has finished its own drain. */
-static bool
-s_local_ended (void *arg)
-{
-    return dispatcher_thread_ended (arg);
-}
-
 /*  The local dispatcher and whether it was asked to stop. */
 typedef struct {
     dispatcher_thread_t *thread;
     bool stopping;
+    bool ended;   //  its thread said so (dispatcher_thread_ended_fd)
     bool failed;  //  it ended on its own
 } s_local_t;
+
+/*  The local dispatcher has finished its own drain. */
+static bool
+s_local_ended (void *arg)
+{
+    return ((s_local_t *) arg)->ended;
+}
 
 /*  Its thread ended. Asked to, that is the end of its drain; on its own (its
     loop failed), this ingress has no dispatcher it can count on: it stops too
@@ -55,6 +56,7 @@ s_on_local_ended (gw_loop_t *loop, int fd, uint32_t events, void *arg)
     s_local_t *local = arg;
     uint64_t n;
     if (read (fd, &n, sizeof n) < 0) { }
+    local->ended = true;
     if (local->stopping || local->failed)
         return;
     gw_error ("main", "the local dispatcher stopped on its own: stopping");
@@ -117,7 +119,7 @@ main (void)
     void *zmq_ctx = gw_proto_context ();
     gw_loop_t *loop = gw_loop_new ();
     dispatcher_pool_t *pool = loop ? dispatcher_pool_new (loop, zmq_ctx, &pool_config, &http_front_pool_fns) : NULL;
-    s_local_t local = { NULL, false, false };
+    s_local_t local = { NULL, false, false, false };
     if (pool && local_dispatcher) {
         local.thread = dispatcher_thread_start (zmq_ctx, pool_config.local_endpoint);
         if (local.thread)
@@ -167,7 +169,7 @@ main (void)
         dispatcher_thread_stop (local.thread);
         int64_t left_ms = deadline_ms - gw_now_ms ();
         if (local.thread && drained && !local.failed && left_ms > 0)
-            gw_loop_run_until (loop, s_local_ended, local.thread, left_ms);
+            gw_loop_run_until (loop, s_local_ended, &local, left_ms);
     }
     if (local.failed)
         rc = 1;
