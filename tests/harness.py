@@ -2,7 +2,8 @@
 
 Python 3 standard library only. Helpers:
 
-- free_port(): a TCP port free on 127.0.0.1 right now.
+- free_port(): a TCP port free on 127.0.0.1 right now, below the ephemeral
+  range (no connection can take it before the server binds it).
 - start(name, argv, env, ready_url=None, timeout=10): start a process with its
   stdout/stderr in a log file under a temporary directory; returns a Process
   whose .stop() sends SIGTERM, waits, and fails (AssertionError) on a non-zero
@@ -33,11 +34,53 @@ import urllib.parse
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer", "WARNING: ThreadSanitizer")
 
 
+def _port_range():
+    """Ports that no outgoing connection can take: below the kernel's ephemeral range.
+
+    A port found with bind(0) comes from the ephemeral range, the same range
+    connect() draws local ports from; between the check and the server's own
+    bind, any connection the test makes (a readiness poll, a dispatcher joining,
+    PostgreSQL's clients) can take it, and the server then fails with
+    EADDRINUSE. A CI run lost an ingress that way. Ports below the range are
+    never given to connections, so only a listener could hold one.
+    """
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    top = min(low, 32768)
+    return (10000, top) if top - 10000 >= 2000 else (top // 2, top)
+
+
+_PORT_LOW, _PORT_HIGH = _port_range()
+# Each runner walks the range from its own starting point and never hands a
+# port out twice, so two free_port() calls before either server binds (a port
+# kept for a server started later) cannot collide; a test runner and a bench
+# started side by side start far apart.
+_port_next = _PORT_LOW + (os.getpid() * 7919) % (_PORT_HIGH - _PORT_LOW)
+
+
 def free_port():
-    """Return a TCP port that is free on 127.0.0.1 (racy by nature, good enough for tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """Return a TCP port that is free on 127.0.0.1 now, outside the ephemeral range.
+
+    Never the same port twice in one process (until the range wraps)."""
+    global _port_next
+    span = _PORT_HIGH - _PORT_LOW
+    for _ in range(span):
+        port = _port_next
+        _port_next = _PORT_LOW + (_port_next + 1 - _PORT_LOW) % span
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # SO_REUSEADDR as the servers set it: a port whose last listener left
+            # connections in TIME_WAIT is free for them
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free TCP port on 127.0.0.1 in {_PORT_LOW}-{_PORT_HIGH}")
 
 
 class Process:

@@ -61,11 +61,13 @@ import pwd
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+# below the ephemeral range, so no client connection takes it first (harness.py)
+from harness import free_port as _free_port
 
 PG_BIN = os.environ.get("GW_PG_BIN", "/usr/lib/postgresql/15/bin")
 PG_USER = "postgres"  # the system user (when root) and the database superuser
@@ -100,12 +102,6 @@ log_timezone = 'UTC'
 """
 
 _live = set()  # clusters with a directory, destroyed at exit if the caller did not
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _is_root():
