@@ -11,8 +11,10 @@ import glob
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 
@@ -29,6 +31,11 @@ def main():
     os.environ["GW_BIN_DIR"] = bin_dir
     os.environ["MOCK_BIN"] = os.path.join(bin_dir, "mock-upstream")
     sys.path.insert(0, HERE)
+    # Every file a test makes without naming a directory (stacks' usage logs,
+    # processes' logs, kept after a kill) goes under one directory per run:
+    # removed when everything passed, kept and named when something failed.
+    run_tmp = tempfile.mkdtemp(prefix="gw-run-")
+    tempfile.tempdir = run_tmp
     passed = failed = 0
 
     if not args.k or "selftest" in args.k:
@@ -66,6 +73,10 @@ def main():
                 failed += 1
                 print(f"FAIL {full} ({time.monotonic() - started:.1f}s)\n{traceback.format_exc()}", flush=True)
 
+    if failed:
+        print(f"this run's files and logs are kept in {run_tmp}")
+    else:
+        shutil.rmtree(run_tmp, ignore_errors=True)
     print(f"{passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 

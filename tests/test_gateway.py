@@ -28,24 +28,30 @@ class Stack:
         self.tmp = tempfile.mkdtemp(prefix="gw-test-")
         self.usage_path = os.path.join(self.tmp, "usage.log")
         self.procs = []
-        self.mock_url = None
-        if mock:
-            port = harness.free_port()
-            self.mock_url = f"http://127.0.0.1:{port}"
-            self.mock = self._start("mock", [os.path.join(BIN, "mock-upstream")],
-                                    {"MOCK_PORT": str(port), "MOCK_API_KEY": mock_key},
-                                    self.mock_url + "/mock/stats")
-        self.ingress_urls = []
-        self.jobs_endpoints = []
-        self.ingresses = []
-        for _ in range(ingresses):
-            self.add_ingress(ingress_env)
-        self.dispatchers = []
-        for _ in range(dispatchers):
-            self.add_dispatcher(dispatcher_env)
-        if dispatchers:
-            for url in self.ingress_urls:
-                wait_for(lambda: harness.http("GET", url + "/ready")[0] == 200, 10, "ingress ready")
+        # a stack that fails to start stops what it started: left running, its
+        # processes would load every later test
+        try:
+            self.mock_url = None
+            if mock:
+                port = harness.free_port()
+                self.mock_url = f"http://127.0.0.1:{port}"
+                self.mock = self._start("mock", [os.path.join(BIN, "mock-upstream")],
+                                        {"MOCK_PORT": str(port), "MOCK_API_KEY": mock_key},
+                                        self.mock_url + "/mock/stats")
+            self.ingress_urls = []
+            self.jobs_endpoints = []
+            self.ingresses = []
+            for _ in range(ingresses):
+                self.add_ingress(ingress_env)
+            self.dispatchers = []
+            for _ in range(dispatchers):
+                self.add_dispatcher(dispatcher_env)
+            if dispatchers:
+                for url in self.ingress_urls:
+                    wait_for(lambda: harness.http("GET", url + "/ready")[0] == 200, 10, "ingress ready")
+        except BaseException:
+            self._stop_quietly()
+            raise
 
     def _start(self, name, argv, env, ready_url=None):
         env = dict(env)
@@ -60,8 +66,11 @@ class Stack:
         port, jobs = port or harness.free_port(), jobs or harness.free_port()
         # Keys are on by default (docs/keys.md); these stacks have no accounting to
         # ask, so they run without them unless the caller says otherwise.
+        # Heartbeats every 100 ms, a peer dead after 1 s of silence: a loop that
+        # stalls a few hundred ms on a loaded ASan run is not taken for dead (a
+        # killed peer is noticed at the next send anyway).
         env = {"GW_HTTP_PORT": str(port), "GW_JOBS_BIND": f"tcp://127.0.0.1:{jobs}",
-               "GW_HEARTBEAT_MS": "100", "GW_HEARTBEAT_LIVENESS": "3", "GW_AUTH": "none"}
+               "GW_HEARTBEAT_MS": "100", "GW_HEARTBEAT_LIVENESS": "10", "GW_AUTH": "none"}
         env.update(extra or {})
         url = f"http://127.0.0.1:{port}"
         proc = self._start("ingress", [os.path.join(BIN, "ingress")], env, url + "/health")
@@ -74,7 +83,7 @@ class Stack:
 
     def add_dispatcher(self, extra=None):
         env = {"GW_INGRESS_ENDPOINTS": ",".join(self.jobs_endpoints),
-               "GW_HEARTBEAT_MS": "100", "GW_HEARTBEAT_LIVENESS": "3",
+               "GW_HEARTBEAT_MS": "100", "GW_HEARTBEAT_LIVENESS": "10",
                "GW_USAGE_LOG": self.usage_path, "DEEPSEEK_API_KEY": self.mock_key,
                "GW_RETRY_BASE_MS": "20"}
         if self.mock_url:
@@ -97,6 +106,13 @@ class Stack:
 
     def __enter__(self):
         return self
+
+    def _stop_quietly(self):
+        for proc in reversed(self.procs):
+            try:
+                proc.stop()
+            except AssertionError:
+                pass
 
     def __exit__(self, exc_type, exc, tb):
         errors = []
@@ -331,7 +347,7 @@ def test_fallback_to_next_provider():
 
 
 def test_first_byte_timeout():
-    with Stack(dispatcher_env={"GW_UPSTREAM_FIRST_BYTE_TIMEOUT_MS": "300", "GW_RETRY_MAX": "1"}) as s:
+    with Stack(dispatcher_env={"GW_UPSTREAM_FIRST_BYTE_TIMEOUT_MS": "1000", "GW_RETRY_MAX": "1"}) as s:
         st, hd, body = post(s.url, chat("[[mock hold_ms=2000 times=1 id=fb-1]]"))
         assert st == 200, body
         st, hd, body = post(s.url, chat("[[mock hold_ms=2000]]"))
@@ -474,12 +490,15 @@ def test_two_ingresses_two_dispatchers():
 def test_ingress_sigterm_lets_requests_finish():
     with Stack() as s:
         stream = harness.SSEStream(s.url + "/v1/chat/completions",
-                                   chat("[[mock tokens=15 token_ms=40]]", stream=True))
+                                   chat("[[mock tokens=30 token_ms=40]]", stream=True))
         assert stream.next_event()[0] == "data"
         plain = {}
         t = threading.Thread(target=lambda: plain.update(r=post(s.url, chat("[[mock tokens=10 token_ms=50]]"))))
         t.start()
-        time.sleep(0.1)
+        # both at the mock before the signal: a connection still in the accept
+        # queue when the ingress closes its listener would be reset
+        wait_for(lambda: json.loads(harness.http("GET", s.mock_url + "/mock/stats")[2])["active"] == 2, 5,
+                 "both requests at the mock")
         s.ingresses[0].proc.send_signal(signal.SIGTERM)
         events = without_cost(stream.events())
         t.join(10)

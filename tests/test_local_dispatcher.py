@@ -96,13 +96,15 @@ def test_local_dispatcher_sigterm_serves_the_queue():
     with local_stack({"GW_SHUTDOWN_GRACE_MS": "10000", "GW_DISPATCHER_SLOTS": "1"}) as s:
         results = {}
         def call(name):
-            results[name] = post(s.url, chat(f"{name} [[mock tokens=8 token_ms=100]]"))[0]
+            results[name] = post(s.url, chat(f"{name} [[mock tokens=20 token_ms=100]]"))[0]
         first = threading.Thread(target=call, args=("first",))
         first.start()
         time.sleep(0.2)
         second = threading.Thread(target=call, args=("queued",))
         second.start()
-        time.sleep(0.2)
+        # the second accepted and queued (the first holds the slot for 2 s): a
+        # connection still in the accept queue at the signal would be reset
+        time.sleep(1.0)
         s.ingresses[0].proc.send_signal(signal.SIGTERM)
         first.join(15)
         second.join(15)
