@@ -98,8 +98,77 @@ def test_each_event_twice_with_accounting_killed_repeatedly():
         assert (hit, miss, out_tokens) == (expected["cache_hit_tokens"], expected["cache_miss_tokens"],
                                            expected["completion_tokens"])
         assert cost == expected["cost_pico"] and unpriced == 0
+        # the hourly spend the alerter reads moved with the rows, once each
+        # (both instances stored at once, resends included)
+        assert spend_by_hour(db) == spend_rollup(db) and spend_rollup(db), spend_rollup(db)[:3]
+        assert sum(int(row.split("|")[2]) for row in spend_rollup(db)) == expected["cost_pico"]
         for a in acc:
             a.stop()
+
+
+def spend_by_hour(db):
+    """The stored spend per currency and UTC hour, summed from usage_events."""
+    return db.psql("SELECT currency, date_trunc('hour', started_at, 'UTC'), sum(cost_pico) FROM usage_events"
+                   " WHERE cost_pico <> 0 GROUP BY 1, 2 ORDER BY 1, 2").splitlines()
+
+
+def spend_rollup(db):
+    """The same from the rollup the alerter reads (spend_hours, all shards)."""
+    return db.psql("SELECT currency, hour, sum(cost_pico) FROM spend_hours GROUP BY 1, 2 ORDER BY 1, 2").splitlines()
+
+
+@cleanup
+def test_spend_rollup_takes_in_the_rows_stored_before_it():
+    """A database whose usage was stored before the hourly rollup existed: the
+    migration that adds it sums the old rows in (unpriced and cached ones add
+    nothing), rows stored after it are added as they come, and rows changed or
+    deleted by hand move it too."""
+    with Postgres() as db, tempfile.TemporaryDirectory() as tmp:
+        ep = f"tcp://127.0.0.1:{harness.free_port()}"
+        acc = start_accounting(db, ep)
+        wait_for(lambda: db.psql("SELECT count(*) FROM schema_migrations WHERE version = 8").strip() == "1", 20,
+                 "migration 8")
+        acc.stop()
+        # back to the schema before migration 8, with usage in it
+        db.psql("DROP TRIGGER usage_events_spend_hours_insert ON usage_events;"
+                " DROP TRIGGER usage_events_spend_hours_update ON usage_events;"
+                " DROP TRIGGER usage_events_spend_hours_delete ON usage_events; DROP FUNCTION gw_spend_hours_apply();"
+                " DROP TABLE spend_hours; DELETE FROM schema_migrations WHERE version = 8")
+        db.psql("INSERT INTO usage_events (event_id, request_id, dispatch, attempt, provider, upstream_model, model,"
+                " cache_hit_tokens, cache_miss_tokens, completion_tokens, reasoning_tokens, status, usage_known,"
+                " streamed, client_aborted, queue_wait_us, ttfb_us, total_us, started_at, currency, cost_pico)"
+                " SELECT 'old-' || n, 'r-' || n, 0, 0, 'deepseek', 'deepseek-chat', 'deepseek-chat', 0, 10, 10, 0,"
+                " 200, true, false, false, 0, 0, 0, v.at, v.currency, v.cost"
+                " FROM (VALUES (1, '2026-03-01T10:15:00Z'::timestamptz, 'CNY', 700::bigint),"
+                "  (2, '2026-03-01T10:59:59.999Z', 'CNY', 300), (3, '2026-03-01T11:00:00Z', 'CNY', 5),"
+                "  (4, '2026-03-01T11:30:00Z', 'USD', 9), (5, '2026-03-01T11:40:00Z', 'CNY', NULL),"
+                "  (6, '2026-03-01T11:50:00Z', 'CNY', 0)) AS v (n, at, currency, cost)")
+        acc = start_accounting(db, ep)
+        wait_for(lambda: db.psql("SELECT count(*) FROM schema_migrations WHERE version = 8").strip() == "1", 20,
+                 "migration 8 applied again")
+        assert spend_rollup(db) == ["CNY|2026-03-01 10:00:00+00|1000", "CNY|2026-03-01 11:00:00+00|5",
+                                    "USD|2026-03-01 11:00:00+00|9"], spend_rollup(db)
+        # new usage goes through the trigger
+        gen = usage_gen(ep, os.path.join(tmp, "spool"), 200)
+        out, err = gen.communicate(timeout=60)
+        assert gen.returncode == 0, err
+        assert int(db.psql("SELECT count(*) FROM usage_events").strip()) == 206
+        assert spend_by_hour(db) == spend_rollup(db), (spend_by_hour(db), spend_rollup(db))
+        # rows written by hand in other hours, the unpriced one priced later
+        # (docs/operations.md) and one deleted: the rollup follows each change
+        db.psql("INSERT INTO usage_events (event_id, request_id, dispatch, attempt, provider, upstream_model, model,"
+                " cache_hit_tokens, cache_miss_tokens, completion_tokens, reasoning_tokens, status, usage_known,"
+                " streamed, client_aborted, queue_wait_us, ttfb_us, total_us, started_at, currency, cost_pico)"
+                " SELECT 'new-' || h, 'r-new-' || h, 0, 0, 'deepseek', 'deepseek-chat', 'deepseek-chat', 0, 1, 1, 0,"
+                " 200, true, false, false, 0, 0, 0, '2026-03-02T00:00:00Z'::timestamptz + h * interval '37 minutes',"
+                " 'CNY', 11 * h FROM generate_series(1, 5) h")
+        assert spend_by_hour(db) == spend_rollup(db), (spend_by_hour(db), spend_rollup(db))
+        db.psql("UPDATE usage_events SET cost_pico = 40 WHERE event_id IN ('old-5', 'old-1')")
+        db.psql("DELETE FROM usage_events WHERE event_id = 'new-3'")
+        assert spend_by_hour(db) == spend_rollup(db), (spend_by_hour(db), spend_rollup(db))
+        assert "CNY|2026-03-01 10:00:00+00|340" in spend_rollup(db) \
+            and "CNY|2026-03-01 11:00:00+00|45" in spend_rollup(db), spend_rollup(db)
+        acc.stop()
 
 
 @cleanup

@@ -147,22 +147,24 @@ s_spend (usage_store_t *db, const key_policy_t *policy, const char *currency, in
     }
     PQclear (res);
 
-    //  Overall spend, every call (with a key or not), in this currency. Only
-    //  the periods asked for are read (LEAST skips NULLs): the previous month
-    //  is scanned only in the first hour of a month.
+    //  Overall spend, every call (with a key or not), in this currency, from
+    //  the hourly rollup (migration 8): days, weeks and months are whole UTC
+    //  hours, so the sums are the stored calls' own. Only the periods asked
+    //  for are read (LEAST skips NULLs): the previous month only in the first
+    //  hour of a month.
     res = usage_store_exec (
         db,
         "SELECT coalesce(sum(cost_pico) FILTER (WHERE $2::boolean"
-        "  AND started_at >= date_trunc('day', now()) - $1::integer * interval '1 day'"
-        "  AND started_at < date_trunc('day', now()) - ($1::integer - 1) * interval '1 day'), 0),"
+        "  AND hour >= date_trunc('day', now()) - $1::integer * interval '1 day'"
+        "  AND hour < date_trunc('day', now()) - ($1::integer - 1) * interval '1 day'), 0),"
         " coalesce(sum(cost_pico) FILTER (WHERE $3::boolean"
-        "  AND started_at >= date_trunc('week', now()) - $1::integer * interval '1 week'"
-        "  AND started_at < date_trunc('week', now()) - ($1::integer - 1) * interval '1 week'), 0),"
+        "  AND hour >= date_trunc('week', now()) - $1::integer * interval '1 week'"
+        "  AND hour < date_trunc('week', now()) - ($1::integer - 1) * interval '1 week'), 0),"
         " coalesce(sum(cost_pico) FILTER (WHERE $4::boolean"
-        "  AND started_at >= date_trunc('month', now()) - $1::integer * interval '1 month'"
-        "  AND started_at < date_trunc('month', now()) - ($1::integer - 1) * interval '1 month'), 0)"
-        " FROM usage_events WHERE currency = $5"
-        " AND started_at >= least("
+        "  AND hour >= date_trunc('month', now()) - $1::integer * interval '1 month'"
+        "  AND hour < date_trunc('month', now()) - ($1::integer - 1) * interval '1 month'), 0)"
+        " FROM spend_hours WHERE currency = $5"
+        " AND hour >= least("
         "  CASE WHEN $2::boolean THEN date_trunc('day', now()) - $1::integer * interval '1 day' END,"
         "  CASE WHEN $3::boolean THEN date_trunc('week', now()) - $1::integer * interval '1 week' END,"
         "  CASE WHEN $4::boolean THEN date_trunc('month', now()) - $1::integer * interval '1 month' END)",

@@ -141,6 +141,58 @@ static const struct {
     //  (it costs nothing and does not count against tpm); a key may opt in.
     { 7, "ALTER TABLE usage_events ADD COLUMN cached boolean NOT NULL DEFAULT false;"
          "ALTER TABLE api_keys ADD COLUMN cache_ttl_s integer NOT NULL DEFAULT 0;" },
+    //  The overall spend per UTC hour, which the alerter's spend rules read
+    //  every cycle: summing the month's usage_events instead costs PostgreSQL
+    //  seconds per cycle at millions of rows. Statement triggers apply each
+    //  INSERT's new rows (resends that ON CONFLICT skips are not in its
+    //  transition table), and an UPDATE's or DELETE's change (an operator
+    //  pricing old rows by hand, docs/operations.md), in the writing
+    //  transaction: the rollup moves exactly with the stored usage, whichever
+    //  instance or version writes it. shard (the backend's pid mod 16) keeps
+    //  instances storing at once off one hot row, most of the time. The lock
+    //  comes first, so the backfill's snapshot (taken after it, at any
+    //  isolation level) holds every row stored before and none after. A
+    //  correction to the function needs a new migration (CREATE OR REPLACE).
+    { 8, "LOCK TABLE usage_events IN SHARE ROW EXCLUSIVE MODE;"
+         "CREATE TABLE spend_hours ("
+         "  currency text NOT NULL, hour timestamptz NOT NULL, shard integer NOT NULL,"
+         "  cost_pico numeric NOT NULL,"
+         "  PRIMARY KEY (currency, hour, shard)"
+         ");"
+         "CREATE FUNCTION gw_spend_hours_apply() RETURNS trigger LANGUAGE plpgsql AS $$"
+         " BEGIN"
+         //  Each branch names only the transition tables its trigger has.
+         "  IF TG_OP = 'INSERT' THEN"
+         "   INSERT INTO spend_hours (currency, hour, shard, cost_pico)"
+         "   SELECT currency, date_trunc('hour', started_at, 'UTC'), pg_backend_pid() % 16, sum(cost_pico)"
+         "   FROM gw_new_usage WHERE cost_pico <> 0 GROUP BY 1, 2 ORDER BY 1, 2"
+         "   ON CONFLICT (currency, hour, shard) DO UPDATE SET cost_pico = spend_hours.cost_pico + EXCLUDED.cost_pico;"
+         "  ELSIF TG_OP = 'DELETE' THEN"
+         "   INSERT INTO spend_hours (currency, hour, shard, cost_pico)"
+         "   SELECT currency, date_trunc('hour', started_at, 'UTC'), pg_backend_pid() % 16, -sum(cost_pico)"
+         "   FROM gw_old_usage WHERE cost_pico <> 0 GROUP BY 1, 2 ORDER BY 1, 2"
+         "   ON CONFLICT (currency, hour, shard) DO UPDATE SET cost_pico = spend_hours.cost_pico + EXCLUDED.cost_pico;"
+         "  ELSE"
+         "   INSERT INTO spend_hours (currency, hour, shard, cost_pico)"
+         "   SELECT currency, hour, pg_backend_pid() % 16, sum(cost) FROM ("
+         "    SELECT currency, date_trunc('hour', started_at, 'UTC') AS hour, cost_pico AS cost FROM gw_new_usage"
+         "    UNION ALL"
+         "    SELECT currency, date_trunc('hour', started_at, 'UTC'), -cost_pico FROM gw_old_usage) AS d"
+         "   WHERE cost <> 0 GROUP BY 1, 2 HAVING sum(cost) <> 0 ORDER BY 1, 2"
+         "   ON CONFLICT (currency, hour, shard) DO UPDATE SET cost_pico = spend_hours.cost_pico + EXCLUDED.cost_pico;"
+         "  END IF;"
+         "  RETURN NULL;"
+         " END $$;"
+         "INSERT INTO spend_hours (currency, hour, shard, cost_pico)"
+         " SELECT currency, date_trunc('hour', started_at, 'UTC'), 0, sum(cost_pico)"
+         " FROM usage_events WHERE cost_pico <> 0 GROUP BY 1, 2;"
+         "CREATE TRIGGER usage_events_spend_hours_insert AFTER INSERT ON usage_events"
+         " REFERENCING NEW TABLE AS gw_new_usage FOR EACH STATEMENT EXECUTE FUNCTION gw_spend_hours_apply();"
+         "CREATE TRIGGER usage_events_spend_hours_update AFTER UPDATE ON usage_events"
+         " REFERENCING OLD TABLE AS gw_old_usage NEW TABLE AS gw_new_usage"
+         " FOR EACH STATEMENT EXECUTE FUNCTION gw_spend_hours_apply();"
+         "CREATE TRIGGER usage_events_spend_hours_delete AFTER DELETE ON usage_events"
+         " REFERENCING OLD TABLE AS gw_old_usage FOR EACH STATEMENT EXECUTE FUNCTION gw_spend_hours_apply();" },
 };
 
 /*  The functions admissions and releases call. Not a migration: they hold no
