@@ -39,8 +39,15 @@ gw_env_bool (const char *name, bool dflt)
     const char *v = getenv (name);
     if (!v || !*v)
         return dflt;
-    return strcasecmp (v, "1") == 0 || strcasecmp (v, "true") == 0 || strcasecmp (v, "yes") == 0
-           || strcasecmp (v, "on") == 0;
+    static const char *const truths[] = { "1", "true", "yes", "on" }, *const lies[] = { "0", "false", "no", "off" };
+    for (size_t i = 0; i < sizeof truths / sizeof truths[0]; i++) {
+        if (strcasecmp (v, truths[i]) == 0)
+            return true;
+        if (strcasecmp (v, lies[i]) == 0)
+            return false;
+    }
+    gw_warn ("env", "invalid value name=%s value=%s (1 or 0) using=%d", name, v, dflt);
+    return dflt;
 }
 
 void
@@ -58,6 +65,10 @@ gw_env_test (bool verbose)
     assert (strcmp (gw_env_str ("GW_TEST_INT", "d"), "d") == 0);
     setenv ("GW_TEST_BOOL", "yes", 1);
     assert (gw_env_bool ("GW_TEST_BOOL", false));
+    setenv ("GW_TEST_BOOL", "Off", 1);
+    assert (!gw_env_bool ("GW_TEST_BOOL", true));
+    setenv ("GW_TEST_BOOL", "2", 1);  //  a typo is the default, not false
+    assert (gw_env_bool ("GW_TEST_BOOL", true) && !gw_env_bool ("GW_TEST_BOOL", false));
     unsetenv ("GW_TEST_BOOL");
     assert (!gw_env_bool ("GW_TEST_BOOL", false));
     if (verbose)

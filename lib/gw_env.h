@@ -12,7 +12,8 @@ const char *gw_env_str (const char *name, const char *dflt);
     [min, max] is reported once on stderr and replaced by dflt. */
 int64_t gw_env_int (const char *name, int64_t dflt, int64_t min, int64_t max);
 
-/*  "1", "true", "yes", "on" are true; unset is dflt. */
+/*  "1", "true", "yes", "on" are true; "0", "false", "no", "off" false; unset
+    is dflt, and so is anything else, reported like gw_env_int's bad values. */
 bool gw_env_bool (const char *name, bool dflt);
 
 void gw_env_test (bool verbose);

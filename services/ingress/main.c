@@ -86,12 +86,7 @@ main (void)
     };
     //  A dispatcher on a thread of this process, joined over inproc (README,
     //  "One host"): dispatchers elsewhere still join over GW_JOBS_BIND.
-    const char *local_setting = gw_env_str ("GW_LOCAL_DISPATCHER", "0");
-    if (strcmp (local_setting, "0") && strcmp (local_setting, "1")) {
-        gw_error ("main", "GW_LOCAL_DISPATCHER must be 0 or 1, not %s", local_setting);
-        return 1;
-    }
-    bool local_dispatcher = strcmp (local_setting, "1") == 0;
+    bool local_dispatcher = gw_env_bool ("GW_LOCAL_DISPATCHER", false);
     if (local_dispatcher)
         pool_config.local_endpoint = "inproc://local-dispatcher";
     http_config_t http_config = {
@@ -122,8 +117,12 @@ main (void)
     s_local_t local = { NULL, false, false, false };
     if (pool && local_dispatcher) {
         local.thread = dispatcher_thread_start (zmq_ctx, pool_config.local_endpoint);
-        if (local.thread)
-            gw_loop_watch (loop, dispatcher_thread_ended_fd (local.thread), EPOLLIN, s_on_local_ended, &local);
+        //  Unwatched, its end would go unseen: a stop would wait out the grace.
+        if (local.thread
+            && gw_loop_watch (loop, dispatcher_thread_ended_fd (local.thread), EPOLLIN, s_on_local_ended, &local)) {
+            gw_error ("main", "cannot watch the local dispatcher");
+            dispatcher_thread_destroy (&local.thread);
+        }
     }
     //  Keys, admissions, reports and the admin API are accounting's. Without
     //  keys, accounting is optional (reports and the admin API then answer 503).
