@@ -50,7 +50,7 @@ class Stack:
                 for url in self.ingress_urls:
                     wait_for(lambda: harness.http("GET", url + "/ready")[0] == 200, 10, "ingress ready")
         except BaseException:
-            self._stop_quietly()
+            self._stop_all()
             raise
 
     def _start(self, name, argv, env, ready_url=None):
@@ -107,20 +107,18 @@ class Stack:
     def __enter__(self):
         return self
 
-    def _stop_quietly(self):
-        for proc in reversed(self.procs):
-            try:
-                proc.stop()
-            except AssertionError:
-                pass
-
-    def __exit__(self, exc_type, exc, tb):
+    def _stop_all(self):
+        """Stops every process, last started first; returns what went wrong."""
         errors = []
         for proc in reversed(self.procs):
             try:
                 proc.stop()
             except AssertionError as e:
                 errors.append(str(e))
+        return errors
+
+    def __exit__(self, exc_type, exc, tb):
+        errors = self._stop_all()
         if errors and exc_type is None:
             raise AssertionError("\n".join(errors))
 

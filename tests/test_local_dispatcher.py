@@ -10,6 +10,7 @@ one over TCP.
 import json
 import os
 import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -117,7 +118,6 @@ def test_local_dispatcher_sigterm_serves_the_queue():
 def test_local_dispatcher_that_cannot_start_stops_the_ingress():
     """A spool it cannot create: the ingress does not serve without its
     dispatcher, it exits 1 at once and says why."""
-    import subprocess
     env = dict(os.environ, GW_LOCAL_DISPATCHER="1", GW_HTTP_PORT=str(harness.free_port()), GW_AUTH="none",
                GW_JOBS_BIND=f"tcp://127.0.0.1:{harness.free_port()}", GW_SPOOL_DIR="/dev/null/spool",
                GW_ACCOUNTING_ENDPOINTS=f"tcp://127.0.0.1:{harness.free_port()}")
